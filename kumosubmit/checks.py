@@ -1,0 +1,302 @@
+"""System checks for kumosubmit's settings (run by ``check`` and ``runsmtpd``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from kumosubmit.conf import DEFAULTS, app_settings
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    from django.conf import settings
+
+    errors: list[Error | Warning] = []
+    user = getattr(settings, "KUMOSUBMIT", {}) or {}
+    if not isinstance(user, dict):
+        return [Error("KUMOSUBMIT must be a dict.", id="kumosubmit.E001")]
+    for key in sorted(set(user) - set(DEFAULTS)):
+        errors.append(
+            Error(
+                f"KUMOSUBMIT has an unknown key {key!r}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id="kumosubmit.E002",
+            )
+        )
+    errors += _check_listeners() + _check_tls() + _check_argon2() + _check_paths()
+    errors += _check_numbers()
+    errors += _check_brute_force()
+    return errors
+
+
+def _check_listeners() -> list[Error | Warning]:
+    from kumosubmit.protocol.listener import parse_address, parse_networks
+
+    errors: list[Error | Warning] = []
+    try:
+        parse_networks(app_settings.TRUSTED_PROXIES)
+    except (TypeError, ValueError) as error:
+        errors.append(Error(f"KUMOSUBMIT['TRUSTED_PROXIES']: {error}", id="kumosubmit.E013"))
+    if app_settings.PROXY_LISTEN and not app_settings.TRUSTED_PROXIES:
+        errors.append(
+            Error(
+                "KUMOSUBMIT['PROXY_LISTEN'] needs TRUSTED_PROXIES: the balancers to believe.",
+                id="kumosubmit.E014",
+            )
+        )
+    for key in ("LISTEN", "IMPLICIT_TLS", "PROXY_LISTEN"):
+        value = getattr(app_settings, key)
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            errors.append(
+                Error(f"KUMOSUBMIT[{key!r}] must be a list of 'HOST:PORT'.", id="kumosubmit.E003")
+            )
+            continue
+        for address in value:
+            try:
+                parse_address(address)
+            except (TypeError, ValueError):
+                errors.append(
+                    Error(
+                        f"KUMOSUBMIT[{key!r}] has {address!r}, not 'HOST:PORT'.",
+                        id="kumosubmit.E003",
+                    )
+                )
+    return errors
+
+
+def _check_tls() -> list[Error | Warning]:
+    cert, key = app_settings.TLS_CERT, app_settings.TLS_KEY
+    if bool(cert) != bool(key):
+        return [
+            Error(
+                "TLS_CERT and TLS_KEY go together.",
+                hint="Set both, or neither for a self-signed certificate.",
+                id="kumosubmit.E004",
+            )
+        ]
+    return [
+        Error(f"KUMOSUBMIT[{name!r}] {path!s} is not a readable file.", id="kumosubmit.E005")
+        for name, path in (("TLS_CERT", cert), ("TLS_KEY", key))
+        if path and not Path(path).is_file()
+    ]
+
+
+def _check_argon2() -> list[Error | Warning]:
+    import argon2
+
+    params = app_settings.ARGON2
+    try:
+        # One real hash: argon2 validates its parameters only when it hashes.
+        argon2.PasswordHasher(**params).hash("kumosubmit system check")
+    except (TypeError, ValueError, argon2.exceptions.HashingError) as error:
+        return [Error(f"KUMOSUBMIT['ARGON2'] is not usable: {error}", id="kumosubmit.E006")]
+    return []
+
+
+def _check_paths() -> list[Error | Warning]:
+    errors: list[Error | Warning] = []
+    for event, path in (app_settings.HOOKS or {}).items():
+        from kumosubmit.hooks import EVENTS
+
+        if event not in EVENTS:
+            errors.append(
+                Error(
+                    f"KUMOSUBMIT['HOOKS'] names an unknown event {event!r}.", id="kumosubmit.E007"
+                )
+            )
+            continue
+        try:
+            import_string(path)
+        except ImportError as error:
+            errors.append(
+                Error(
+                    f"Hook {event} handler {path!r} cannot be imported: {error}",
+                    id="kumosubmit.E008",
+                )
+            )
+    try:
+        import_string(app_settings.SPOOL_BACKEND)
+    except ImportError as error:
+        errors.append(Error(f"SPOOL_BACKEND cannot be imported: {error}", id="kumosubmit.E009"))
+    return errors
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_brute_force() -> list[Error | Warning]:
+    """KUMOSUBMIT["BRUTE_FORCE"]: known keys, sane numbers (read by credentials/throttle.py)."""
+    user = app_settings.BRUTE_FORCE
+
+    def error(message: str) -> Error:
+        return Error(
+            f"KUMOSUBMIT['BRUTE_FORCE'] {message}",
+            hint="See the defaults in kumosubmit/conf.py.",
+            id="kumosubmit.E010",
+        )
+
+    if not isinstance(user, dict):
+        return [error("must be a dict.")]
+    defaults = DEFAULTS["BRUTE_FORCE"]
+    errors = [error(f"has an unknown key {key!r}.") for key in sorted(set(user) - set(defaults))]
+    values = {**defaults, **user}
+    if not isinstance(values["ENABLED"], bool):
+        errors.append(error("['ENABLED'] must be True or False."))
+    for key in ("WINDOW", "BLOCK_DURATION"):
+        if not _is_number(values[key]) or not 0 < values[key] <= 365 * 86400:
+            errors.append(error(f"[{key!r}] must be a number of seconds above 0."))
+    for key in ("DELAY", "MAX_DELAY"):
+        if not _is_number(values[key]) or values[key] < 0:
+            errors.append(error(f"[{key!r}] must be a number of seconds, 0 or more."))
+    for key in ("IP_BLOCK_AFTER", "LOGIN_BLOCK_AFTER"):
+        if values[key] is not None and not _is_whole(values[key], 1, 2**31 - 1):
+            errors.append(error(f"[{key!r}] must be a whole number above 0, or None."))
+    if not _is_whole(values["IPV6_PREFIX"], 32, 128):
+        errors.append(error("['IPV6_PREFIX'] must be a prefix length from 32 to 128."))
+    if errors:
+        return errors
+    if values["MAX_DELAY"] < values["DELAY"]:
+        errors.append(error("['MAX_DELAY'] is below ['DELAY']."))
+    idle = app_settings.IDLE_TIMEOUT
+    if _is_number(idle) and values["MAX_DELAY"] >= idle:
+        # The idle timer runs while a failure is being delayed: the client would be cut off.
+        errors.append(error(f"['MAX_DELAY'] must be below IDLE_TIMEOUT ({idle} s)."))
+    return errors
+
+
+_POSITIVE = (
+    "PROXY_TIMEOUT",
+    "MAX_MESSAGE_SIZE",
+    "IDLE_TIMEOUT",
+    "SHUTDOWN_TIMEOUT",
+    "HOOK_TIMEOUT",
+    "MAX_ERRORS",
+    "MAX_AUTH_ATTEMPTS",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_IP",
+    "DATA_TIMEOUT",
+    "MAX_RECIPIENTS",
+    "MAX_MESSAGES_PER_CONNECTION",
+)
+
+
+def _check_numbers() -> list[Error | Warning]:
+    errors: list[Error | Warning] = []
+    for key in _POSITIVE:
+        value = getattr(app_settings, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            errors.append(
+                Error(
+                    f"KUMOSUBMIT[{key!r}] must be a number above 0, not {value!r}.",
+                    id="kumosubmit.E011",
+                )
+            )
+    if app_settings.BARE_LINE_ENDINGS not in ("reject", "normalize"):
+        errors.append(
+            Error(
+                "KUMOSUBMIT['BARE_LINE_ENDINGS'] must be 'reject' or 'normalize'.",
+                id="kumosubmit.E012",
+            )
+        )
+    return errors
+
+
+@register(Tags.security, deploy=True)
+def check_argon2_strength(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    params = app_settings.ARGON2
+    # OWASP's floor for argon2id: 19 MiB with t=2 (or more memory with t=1).
+    if params.get("memory_cost", 0) < 19 * 1024 or params.get("time_cost", 0) < 2:
+        return [
+            Warning(
+                "KUMOSUBMIT['ARGON2'] is weaker than OWASP's minimum for argon2id.",
+                hint="Use memory_cost >= 19456 and time_cost >= 2 (the default is 65536, 3).",
+                id="kumosubmit.W001",
+            )
+        ]
+    return []
+
+
+@register()
+def check_relay(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    """KUMOSUBMIT["RELAY"]: known keys, an upstream runrelay can use, sane numbers."""
+    from kumosubmit.relay.config import (
+        TLS_MODES,
+        RelayConfigError,
+        is_this_host,
+        parse_upstream,
+        relay_settings,
+    )
+
+    def error(message: str, id: int) -> Error:
+        return Error(
+            f"KUMOSUBMIT['RELAY'] {message}",
+            hint="See docs/relay.md and the defaults in kumosubmit/conf.py.",
+            id=f"kumosubmit.E{id:03d}",
+        )
+
+    user = app_settings.RELAY
+    if not isinstance(user, dict):
+        return [error("must be a dict.", 20)]
+    unknown = sorted(set(user) - set(DEFAULTS["RELAY"]))
+    errors = [error(f"has an unknown key {key!r}.", 20) for key in unknown]
+    values = relay_settings()
+    upstream, tls = values["UPSTREAM"], values["TLS"]
+    if tls not in TLS_MODES:
+        errors.append(error(f"['TLS'] must be one of {', '.join(TLS_MODES)}.", 21))
+    if upstream is not None:
+        try:
+            host, _ = parse_upstream(upstream)
+        except RelayConfigError as problem:
+            errors.append(error(f"['UPSTREAM']: {problem}", 21))
+        else:
+            if tls == "none" and not is_this_host(host):
+                errors.append(error("['TLS'] 'none' is only for an MTA on this host.", 21))
+    elif values["HANDOFF"]:
+        errors.append(error("['HANDOFF'] needs ['UPSTREAM'].", 21))
+    for key in ("VERIFY_CERTIFICATE", "HANDOFF"):
+        if not isinstance(values[key], bool):
+            errors.append(error(f"[{key!r}] must be True or False.", 20))
+    if values["CA_FILE"] is not None and not Path(values["CA_FILE"]).is_file():
+        errors.append(error(f"['CA_FILE'] {values['CA_FILE']!s} is not a readable file.", 22))
+    if bool(values["USERNAME"]) != bool(values["PASSWORD"]):
+        errors.append(error("['USERNAME'] and ['PASSWORD'] go together.", 22))
+    for key in ("WORKERS", "MESSAGES_PER_CONNECTION"):
+        if not _is_whole(values[key], 1, 10_000):
+            errors.append(error(f"[{key!r}] must be a whole number from 1 to 10000.", 23))
+    seconds = ("TIMEOUT", "DATA_TIMEOUT", "MAX_RETRY_DELAY", "MAX_AGE", "LEASE", "POLL_INTERVAL")
+    for key in seconds:
+        if not _is_number(values[key]) or values[key] <= 0:
+            errors.append(error(f"[{key!r}] must be a number of seconds above 0.", 23))
+    if not _is_number(values["RETRY_DELAY"]) or values["RETRY_DELAY"] < 0:
+        errors.append(error("['RETRY_DELAY'] must be a number of seconds, 0 or more.", 23))
+    retention = values["RETENTION"]
+    if retention is not None and (not _is_number(retention) or retention < 0):
+        errors.append(error("['RETENTION'] must be a number of seconds, or None.", 23))
+    return errors
+
+
+@register()
+def check_app_passwords(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """REQUIRE_APP_PASSWORDS and MAX_APP_PASSWORDS (read by credentials/ and web/)."""
+    errors = []
+    if not isinstance(app_settings.REQUIRE_APP_PASSWORDS, bool):
+        message = "KUMOSUBMIT['REQUIRE_APP_PASSWORDS'] must be True or False."
+        errors.append(Error(message, id="kumosubmit.E030"))
+    if not _is_whole(app_settings.MAX_APP_PASSWORDS, 1, 10_000):
+        errors.append(
+            Error(
+                "KUMOSUBMIT['MAX_APP_PASSWORDS'] must be a whole number from 1 to 10000.",
+                hint="It bounds the live app passwords of one login (the default is 20).",
+                id="kumosubmit.E030",
+            )
+        )
+    return errors

@@ -1,0 +1,1 @@
+"""The credential store: SMTP logins with argon2id hashes."""

@@ -1,0 +1,268 @@
+"""argon2id hashing with argon2-cffi, kept off the event loop.
+
+Hashes are standard PHC strings (``$argon2id$v=19$m=...,t=...,p=...$salt$hash``),
+the format Dovecot, Postfix tooling and argon2 CLIs share. argon2 releases the
+GIL, so a thread pool sized to the cores runs verifications truly in parallel
+while the event loop keeps serving other sessions.
+
+Logins imported from Dovecot (``importsmtpusers``) keep their old hash until
+their first good login, which replaces it with argon2id. argon2i/argon2id PHC
+strings are stored as they are (argon2-cffi verifies both); the crypt schemes
+are stored tagged as Dovecot writes them (``{BLF-CRYPT}$2y$...``,
+``{SHA512-CRYPT}$6$...``, ``{SHA256-CRYPT}$5$...``) and verified with pyca's
+``bcrypt`` and libpass (the maintained fork of passlib, pure Python, so no
+dependence on the platform's ``crypt()``, which Python 3.13 removed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+
+import argon2
+import bcrypt
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from django.views.decorators.debug import sensitive_variables
+from passlib.handlers.sha2_crypt import sha256_crypt, sha512_crypt
+
+from kumosubmit.conf import app_settings, clears_on_setting_change
+
+
+@clears_on_setting_change
+@functools.cache
+def hasher() -> argon2.PasswordHasher:
+    """The hasher for new hashes, with the configured parameters."""
+    return argon2.PasswordHasher(type=argon2.Type.ID, **app_settings.ARGON2)
+
+
+@clears_on_setting_change
+@functools.cache
+def dummy_hash() -> str:
+    """A hash of nothing anyone knows, with current parameters.
+
+    Verifying against it makes an unknown or disabled login cost the same time
+    as a wrong password for a real one (Django ticket #20760).
+    """
+    return hasher().hash(secrets.token_urlsafe(32))
+
+
+@functools.cache
+def _executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=app_settings.argon2_threads, thread_name_prefix="kumosubmit-argon2"
+    )
+
+
+@sensitive_variables()
+def make_hash(password: str) -> str:
+    """Hash a new password with the configured parameters."""
+    return hasher().hash(password)
+
+
+@sensitive_variables()
+def verify(encoded: str | None, password: str) -> tuple[bool, bool]:
+    """Return (matches, needs_rehash). Never raises for a wrong or broken hash.
+
+    With ``encoded`` None, verify against :func:`dummy_hash` (and never match).
+    An imported hash (see :func:`import_hash`) always needs a rehash when it matches.
+    """
+    if encoded is not None and encoded.startswith("{"):
+        matches = _verify_imported(encoded, password)
+        # Never answer faster than an unknown login would (it costs a dummy argon2
+        # verification): until its first good login an imported hash costs its own
+        # scheme's time plus that.
+        verify(None, password)
+        return matches, matches
+    try:
+        hasher().verify(encoded or dummy_hash(), password)
+    except VerifyMismatchError:
+        return False, False
+    except (VerificationError, InvalidHashError):
+        # A hash we cannot read never lets anyone in (fail closed).
+        return False, False
+    if encoded is None:
+        return False, False
+    # check_needs_rehash compares the type too: an imported argon2i hash is upgraded.
+    return True, hasher().check_needs_rehash(encoded)
+
+
+async def averify(encoded: str | None, password: str) -> tuple[bool, bool]:
+    """:func:`verify` in the bounded argon2 pool."""
+    return await asyncio.get_running_loop().run_in_executor(_executor(), verify, encoded, password)
+
+
+async def amake_hash(password: str) -> str:
+    """:func:`make_hash` in the bounded argon2 pool."""
+    return await asyncio.get_running_loop().run_in_executor(_executor(), make_hash, password)
+
+
+async def awarm_up() -> None:
+    """Compute the dummy hash before the first client needs it."""
+    await asyncio.get_running_loop().run_in_executor(_executor(), dummy_hash)
+
+
+# -- imported hashes ------------------------------------------------------------------
+
+#: The Dovecot passwd-file schemes importsmtpusers accepts (and PLAIN, when asked).
+IMPORT_SCHEMES = ("ARGON2ID", "ARGON2I", "BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT")
+#: Dovecot's names for a password stored in the clear.
+PLAIN_SCHEMES = ("PLAIN", "CLEAR", "CLEARTEXT")
+#: Schemes stored with their ``{SCHEME}`` tag (argon2 is stored as a bare PHC string).
+TAGGED_SCHEMES = ("BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT")
+
+#: The costliest imported hash accepted. Every failed AUTH for such a login costs one
+#: verification until its first good login, so an absurd cost would be a denial of
+#: service; SHA-crypt runs in pure Python and holds the GIL while it works.
+IMPORT_LIMITS = {
+    "argon2_memory_kib": 1024 * 1024,  # 1 GiB
+    "argon2_time_cost": 20,
+    "argon2_parallelism": 16,
+    "bcrypt_cost": 15,
+    # Dovecot writes 5000 (about 4 ms in pure Python); passlib, and so Ansible's
+    # password_hash, 656000 for SHA512-CRYPT (about half a second).
+    "sha_crypt_rounds": 1_000_000,
+}
+
+_BCRYPT_RE = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+_SHA_CRYPT_RE = {
+    "SHA512-CRYPT": re.compile(
+        r"\$6\$(?:rounds=(\d{1,10})\$)?[./0-9A-Za-z]{0,16}\$[./0-9A-Za-z]{86}"
+    ),
+    "SHA256-CRYPT": re.compile(
+        r"\$5\$(?:rounds=(\d{1,10})\$)?[./0-9A-Za-z]{0,16}\$[./0-9A-Za-z]{43}"
+    ),
+}
+_SCHEME_RE = re.compile(r"\{([A-Za-z0-9._-]+)\}(.*)", re.DOTALL)
+
+
+class UnusableHash(ValueError):
+    """Why an imported password field cannot be used; the message never contains it."""
+
+
+def _detect_crypt(body: str) -> str | None:
+    """The scheme of a bare crypt(3) or PHC string, as Dovecot's CRYPT scheme detects it."""
+    for prefix, scheme in (
+        ("$argon2id$", "ARGON2ID"),
+        ("$argon2i$", "ARGON2I"),
+        ("$2a$", "BLF-CRYPT"),
+        ("$2b$", "BLF-CRYPT"),
+        ("$2y$", "BLF-CRYPT"),
+        ("$6$", "SHA512-CRYPT"),
+        ("$5$", "SHA256-CRYPT"),
+    ):
+        if body.startswith(prefix):
+            return scheme
+    return None
+
+
+@sensitive_variables()
+def import_hash(field: str, *, allow_plain: bool = False) -> str:
+    """What to store for a Dovecot passwd-file password field, or :class:`UnusableHash`.
+
+    ``{SCHEME}hash`` for the schemes in :data:`IMPORT_SCHEMES`; a bare crypt
+    string or ``{CRYPT}`` is taken by its prefix, as Dovecot's CRYPT does.
+    ``{PLAIN}`` is refused unless ``allow_plain``, and then hashed with argon2id
+    here: a password is never stored in the clear.
+    """
+    match = _SCHEME_RE.fullmatch(field)
+    scheme, body = (match.group(1).upper(), match.group(2)) if match else (None, field)
+    if scheme in PLAIN_SCHEMES:
+        if not allow_plain:
+            raise UnusableHash(
+                f"{{{scheme}}} is a password in the clear; refused without --allow-plain"
+            )
+        if not body:
+            raise UnusableHash(f"empty {{{scheme}}} password")
+        return make_hash(body)
+    if scheme is None or scheme == "CRYPT":
+        detected = _detect_crypt(body)
+        if detected is None:
+            what = "{CRYPT} hash of a kind" if scheme else "hash without a {SCHEME} prefix"
+            raise UnusableHash(f"{what} that cannot be verified (supported: {_supported()})")
+        scheme = detected
+    if scheme not in IMPORT_SCHEMES:
+        raise UnusableHash(f"unsupported scheme {{{scheme}}} (supported: {_supported()})")
+    if scheme.startswith("ARGON2"):
+        return _import_argon2(scheme, body)
+    if scheme == "BLF-CRYPT":
+        bcrypt_match = _BCRYPT_RE.fullmatch(body)
+        if bcrypt_match is None:
+            raise UnusableHash("malformed {BLF-CRYPT} hash")
+        cost = int(bcrypt_match.group(1))
+        if not 4 <= cost <= IMPORT_LIMITS["bcrypt_cost"]:
+            raise UnusableHash(
+                f"{{BLF-CRYPT}} cost {cost} is outside 4..{IMPORT_LIMITS['bcrypt_cost']}"
+            )
+    else:
+        crypt_match = _SHA_CRYPT_RE[scheme].fullmatch(body)
+        if crypt_match is None:
+            raise UnusableHash(f"malformed {{{scheme}}} hash")
+        rounds = int(crypt_match.group(1) or 5000)
+        if not 1000 <= rounds <= IMPORT_LIMITS["sha_crypt_rounds"]:
+            raise UnusableHash(
+                f"{{{scheme}}} rounds={rounds} is outside 1000..{IMPORT_LIMITS['sha_crypt_rounds']}"
+            )
+    return f"{{{scheme}}}{body}"
+
+
+def _supported() -> str:
+    return ", ".join(f"{{{scheme}}}" for scheme in IMPORT_SCHEMES)
+
+
+def _import_argon2(scheme: str, body: str) -> str:
+    try:
+        params = argon2.extract_parameters(body)
+    except (InvalidHashError, ValueError):
+        raise UnusableHash(f"malformed {{{scheme}}} hash") from None
+    expected = argon2.Type.ID if scheme == "ARGON2ID" else argon2.Type.I
+    if params.type is not expected:
+        raise UnusableHash(f"the {{{scheme}}} hash is of another argon2 type")
+    limits = (
+        ("memory", params.memory_cost, IMPORT_LIMITS["argon2_memory_kib"]),
+        ("time", params.time_cost, IMPORT_LIMITS["argon2_time_cost"]),
+        ("parallelism", params.parallelism, IMPORT_LIMITS["argon2_parallelism"]),
+    )
+    for name, value, limit in limits:
+        if value > limit:
+            raise UnusableHash(f"{{{scheme}}} {name} cost {value} is above {limit}")
+    return body
+
+
+def imported_scheme(encoded: str) -> str | None:
+    """The scheme of a stored hash that is not argon2id with the current settings' type.
+
+    ``SHA512-CRYPT`` for ``{SHA512-CRYPT}$6$...``, ``ARGON2I`` for ``$argon2i$...``;
+    None for argon2id and for what is no hash at all.
+    """
+    if encoded.startswith("{"):
+        scheme = encoded[1:].partition("}")[0]
+        return scheme if scheme in TAGGED_SCHEMES else None
+    if encoded.startswith("$argon2i$"):
+        return "ARGON2I"
+    return None
+
+
+def is_usable(encoded: str) -> bool:
+    """Whether :func:`verify` can check a password against ``encoded``."""
+    return encoded.startswith("$argon2") or imported_scheme(encoded) is not None
+
+
+@sensitive_variables()
+def _verify_imported(encoded: str, password: str) -> bool:
+    scheme, _, body = encoded[1:].partition("}")
+    try:
+        if scheme == "BLF-CRYPT":
+            # bcrypt reads at most 72 bytes; Dovecot (libxcrypt) ignores the rest,
+            # and bcrypt >= 5 raises instead, so cut as Dovecot did.
+            return bcrypt.checkpw(password.encode()[:72], body.encode("ascii"))
+        if scheme == "SHA512-CRYPT":
+            return bool(sha512_crypt.verify(password, body))
+        if scheme == "SHA256-CRYPT":
+            return bool(sha256_crypt.verify(password, body))
+    except (ValueError, TypeError, UnicodeError):
+        # A hash we cannot read never lets anyone in (fail closed).
+        return False
+    return False

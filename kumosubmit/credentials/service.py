@@ -1,0 +1,158 @@
+"""The built-in ``smtp_server_auth_plain`` handler: logins and app passwords from the database.
+
+A login authenticates with its own password or with any live app password of
+that login (:class:`AppPassword`: neither revoked nor expired). An app password
+carries a short public id (``ksub_<id>_<secret>``), so the one row whose hash
+to check is found by an indexed lookup: every attempt costs exactly one argon2
+verification, whether the login has no app password or a hundred, and whether
+or not the login exists.
+
+Which credential an attempt used, and why a correct one was still refused, is
+noted in ``conn_meta["auth_credentials"]`` (kept in the audit row; never the
+password), so owners see their sign-ins per app password.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
+
+from kumosubmit.credentials import hashing
+from kumosubmit.credentials.models import (
+    AppPassword,
+    SmtpLogin,
+    app_password_id,
+    normalize_username,
+)
+from kumosubmit.db import run_db
+
+log = logging.getLogger(__name__)
+
+#: Why an attempt was refused or accepted, as noted in conn_meta["auth_credentials"].
+ACCEPTED = "accepted"
+WRONG_PASSWORD = "wrong_password"  # noqa: S105 (an outcome, not a password)
+REVOKED = "revoked"
+EXPIRED = "expired"
+APP_PASSWORDS_ONLY = "app_passwords_only"
+MUST_CHANGE_PASSWORD = "must_change_password"  # noqa: S105
+AUTHZ_NOT_ALLOWED = "authz_not_allowed"
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """What one attempt is checked against: a hash, and the terms of the verdict."""
+
+    login_pk: int
+    password_hash: str
+    may_act: bool
+    # Set when the password names one of the login's app passwords.
+    app_password_pk: int | None = None
+    app_password_label: str = ""
+    # Why even the right password is refused (revoked, expired, ...), or None.
+    refusal: str | None = None
+
+    def note(self, result: str) -> dict[str, Any]:
+        """What conn_meta keeps about this attempt."""
+        if self.app_password_pk is None:
+            return {"kind": "password", "result": result}
+        return {
+            "kind": "app_password",
+            "app_password_id": self.app_password_pk,
+            "label": self.app_password_label,
+            "result": result,
+        }
+
+
+def _find(authc: str, authz: str, public_id: str | None, now: datetime) -> _Candidate | None:
+    login = SmtpLogin.objects.filter(username=normalize_username(authc), is_active=True).first()
+    if login is None:
+        return None
+    may_act = login.may_act_as(authz)
+    if public_id is not None:
+        app_password = login.app_passwords.filter(public_id=public_id).first()
+        if app_password is not None:
+            status = app_password.status(now)
+            return _Candidate(
+                login.pk,
+                app_password.password_hash,
+                may_act,
+                app_password.pk,
+                app_password.label,
+                refusal=None if status == AppPassword.Status.ACTIVE else str(status),
+            )
+    # Not one of its app passwords: the login's own password. Where policy refuses it, it
+    # is still verified (the one verification every attempt costs), so the audit row can
+    # tell its owner "right password, but refused" from a wrong one.
+    refusal = None
+    if login.requires_app_passwords():
+        refusal = APP_PASSWORDS_ONLY
+    elif login.must_change_password:
+        refusal = MUST_CHANGE_PASSWORD
+    return _Candidate(login.pk, login.password_hash, may_act, refusal=refusal)
+
+
+def _record_use(candidate: _Candidate, new_hash: str | None, peer: str | None) -> bool:
+    """Note a good login (and an upgraded hash); False if its app password was revoked meanwhile."""
+    used = {"last_used_at": timezone.now(), "last_used_from": peer}
+    old_hash = candidate.password_hash
+    if candidate.app_password_pk is not None:
+        # A revocation that lands while the password was being verified wins.
+        rows = AppPassword.objects.filter(pk=candidate.app_password_pk, revoked_at__isnull=True)
+        if not rows.update(**used):
+            return False
+        if new_hash:
+            rows.filter(password_hash=old_hash).update(password_hash=new_hash)
+    elif new_hash:
+        # Only if nobody changed the password meanwhile; an upgrade is no password change.
+        SmtpLogin.objects.filter(pk=candidate.login_pk, password_hash=old_hash).update(
+            password_hash=new_hash
+        )
+    SmtpLogin.objects.filter(pk=candidate.login_pk).update(**used)
+    return True
+
+
+def _note(conn_meta: dict[str, Any], note: dict[str, Any]) -> None:
+    # The handler appends this attempt to auth_attempts after the hook returns, so
+    # the attempt's index is the current length.
+    note["attempt"] = len(conn_meta.get("auth_attempts") or ())
+    conn_meta.setdefault("auth_credentials", []).append(note)
+
+
+@sensitive_variables()
+async def authenticate(authz: str, authc: str, password: str, conn_meta: dict[str, Any]) -> bool:
+    """Check ``password`` for login ``authc`` acting as ``authz``.
+
+    Every refusal after the lookup costs one argon2 verification, so the time
+    taken does not tell whether a login exists, is active, may act as authz,
+    has app passwords, or may use its own password.
+    """
+    if not authc or not password:
+        return False
+    candidate = await run_db(_find, authc, authz, app_password_id(password), timezone.now())
+    matches, needs_rehash = await hashing.averify(
+        candidate.password_hash if candidate else None, password
+    )
+    if candidate is None:
+        return False
+    if not matches:
+        _note(conn_meta, candidate.note(WRONG_PASSWORD))
+        return False
+    if candidate.refusal is not None:
+        _note(conn_meta, candidate.note(candidate.refusal))
+        return False
+    if not candidate.may_act:
+        _note(conn_meta, candidate.note(AUTHZ_NOT_ALLOWED))
+        return False
+    new_hash = await hashing.amake_hash(password) if needs_rehash else None
+    if not await run_db(_record_use, candidate, new_hash, conn_meta.get("peer_address")):
+        _note(conn_meta, candidate.note(REVOKED))
+        return False
+    _note(conn_meta, candidate.note(ACCEPTED))
+    if new_hash:
+        log.info("upgraded a password hash of login %s to argon2id with current parameters", authc)
+    return True

@@ -1,0 +1,45 @@
+"""``python manage.py prunemessages``: remove the content of delivered messages past retention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from kumosubmit.relay.config import relay_settings
+from kumosubmit.relay.retention import expired_content, remove_expired_content
+
+
+class Command(BaseCommand):
+    help = (
+        "Remove the content of messages delivered more than --age seconds ago "
+        "(default KUMOSUBMIT['RELAY']['RETENTION']); their rows stay."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--age",
+            type=float,
+            metavar="SECONDS",
+            help="Keep the content of messages delivered within this many seconds. "
+            "Default: KUMOSUBMIT['RELAY']['RETENTION'] (7 days).",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Only say how many messages it would prune."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        age = options["age"]
+        if age is None:
+            age = relay_settings()["RETENTION"]
+            if age is None:
+                self.stdout.write("RELAY['RETENTION'] is None: delivered content is kept.")
+                return
+        if age < 0:
+            raise CommandError("--age must be 0 or more.")
+        if options["dry_run"]:
+            count = expired_content(age).count()
+            self.stdout.write(f"Would remove the content of {count} delivered message(s).")
+            return
+        count = remove_expired_content(age)
+        self.stdout.write(f"Removed the content of {count} delivered message(s).")

@@ -1,0 +1,245 @@
+"""``python manage.py runsmtpd``: run the SMTP submission listener."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.executor import MigrationExecutor
+
+import kumosubmit
+from kumosubmit.certs import ensure_self_signed
+from kumosubmit.conf import app_settings
+from kumosubmit.protocol.listener import (
+    BindError,
+    BoundListener,
+    Listener,
+    SubmissionServer,
+    bind,
+    parse_address,
+)
+from kumosubmit.protocol.tls import server_context
+from kumosubmit.relay.handoff import Handoff
+from kumosubmit.supervisor import Supervisor
+
+
+class Command(BaseCommand):
+    help = "Run the SMTP submission server (STARTTLS and implicit-TLS listeners)."
+
+    # Checks run in handle(), after the options are known, as runserver does.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--listen",
+            action="append",
+            metavar="HOST:PORT",
+            help="A STARTTLS listener (repeatable). Default: KUMOSUBMIT['LISTEN'], 127.0.0.1:2587.",
+        )
+        parser.add_argument(
+            "--implicit-tls",
+            action="append",
+            metavar="HOST:PORT",
+            help="A listener that speaks TLS from the first byte, as on port 465 "
+            "(repeatable). Default: KUMOSUBMIT['IMPLICIT_TLS'], none.",
+        )
+        parser.add_argument(
+            "--proxy-listen",
+            action="append",
+            metavar="HOST:PORT",
+            help="A STARTTLS listener behind a TCP balancer that sends a PROXY protocol "
+            "header (v1 or v2) first (repeatable). Default: KUMOSUBMIT['PROXY_LISTEN'].",
+        )
+        parser.add_argument(
+            "--trusted-proxy",
+            action="append",
+            metavar="ADDRESS[/BITS]",
+            help="A balancer whose PROXY headers are believed (repeatable). "
+            "Default: KUMOSUBMIT['TRUSTED_PROXIES'].",
+        )
+        parser.add_argument("--tls-cert", metavar="PATH", help="Certificate chain (PEM).")
+        parser.add_argument("--tls-key", metavar="PATH", help="Private key (PEM).")
+        parser.add_argument("--hostname", help="The name in the greeting and Received headers.")
+        parser.add_argument(
+            "--shutdown-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="How long open sessions may finish after SIGTERM/SIGINT. "
+            "Default: KUMOSUBMIT['SHUTDOWN_TIMEOUT'], 30.",
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            metavar="N",
+            help="Listener processes sharing the ports (default: KUMOSUBMIT['WORKERS'], "
+            "or the number of CPUs). A worker that dies is restarted.",
+        )
+        parser.add_argument("--skip-checks", action="store_true", help="Skip the system checks.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["workers"] is not None and options["workers"] < 1:
+            raise CommandError("--workers must be 1 or more.")
+        if not options["skip_checks"]:
+            self.check(display_num_errors=False)
+        self._refuse_unapplied_migrations()
+
+        # The checks opened connections in this thread; the server uses its own.
+        connections.close_all()
+
+        listeners = self._listeners(options)
+        context = self._tls_context(options)
+        try:
+            server = SubmissionServer(
+                listeners,
+                context,
+                hostname=options["hostname"],
+                trusted_proxies=options["trusted_proxy"],
+            )
+        except ValueError as error:
+            raise CommandError(f"--trusted-proxy: {error}") from error
+        timeout = options["shutdown_timeout"]
+        grace = float(app_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
+        workers = options["workers"] or app_settings.WORKERS or os.cpu_count() or 1
+        try:
+            bound = bind(listeners)
+        except BindError as error:
+            raise CommandError(_bind_error(error)) from error
+
+        def say_listening() -> None:  # once the signal handlers are in place
+            self.stdout.write(
+                f"kumosubmit {kumosubmit.__version__} listening on "
+                + ", ".join(str(listener) for listener in listeners)
+                + f" as {server.hostname} with {workers} worker process(es). "
+                "Quit with CONTROL-C."
+            )
+            self.stdout.flush()
+
+        try:
+            if workers == 1:
+                asyncio.run(self._serve(server, bound, grace, on_ready=say_listening))
+            else:
+                supervisor = Supervisor(
+                    # One hand-off relay per host is enough (and all SQLite allows).
+                    lambda index: asyncio.run(self._serve(server, bound, grace, relay=index == 0)),
+                    workers,
+                    grace=grace,
+                    on_start=say_listening,
+                    on_stop=lambda: self._stop_listening(bound),
+                )
+                supervisor.run()
+        finally:
+            for item in bound:
+                item.close()
+        self.stdout.write("Stopped.")
+
+    def _refuse_unapplied_migrations(self) -> None:
+        executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        if plan:
+            apps = sorted({migration.app_label for migration, _ in plan})
+            raise CommandError(
+                f"{len(plan)} unapplied migration(s) for app(s): {', '.join(apps)}. "
+                "Run 'python manage.py migrate' first."
+            )
+
+    def _listeners(self, options: dict[str, Any]) -> list[Listener]:
+        starttls = options["listen"] or app_settings.LISTEN
+        implicit = options["implicit_tls"] or app_settings.IMPLICIT_TLS
+        proxied = options["proxy_listen"] or app_settings.PROXY_LISTEN
+        listeners = []
+        for addresses, is_implicit, proxy in (
+            (starttls, False, False),
+            (implicit, True, False),
+            (proxied, False, True),
+        ):
+            for address in addresses:
+                try:
+                    host, port = parse_address(address)
+                except ValueError as error:
+                    raise CommandError(str(error)) from error
+                listeners.append(Listener(host, port, is_implicit, proxy))
+        if proxied and not (options["trusted_proxy"] or app_settings.TRUSTED_PROXIES):
+            raise CommandError("A PROXY listener needs --trusted-proxy (or TRUSTED_PROXIES).")
+        return listeners
+
+    def _tls_context(self, options: dict[str, Any]) -> ssl.SSLContext:
+        cert = options["tls_cert"] or app_settings.TLS_CERT
+        key = options["tls_key"] or app_settings.TLS_KEY
+        if bool(cert) != bool(key):
+            raise CommandError("--tls-cert and --tls-key go together.")
+        if not cert:
+            hostname = options["hostname"] or app_settings.HOSTNAME or socket.getfqdn()
+            cert, key, made = ensure_self_signed(app_settings.data_dir, hostname)
+            verb = "Made" if made else "Using"
+            self.stdout.write(
+                f"{verb} a self-signed certificate for {hostname}: {cert} "
+                "(set KUMOSUBMIT['TLS_CERT'] and ['TLS_KEY'], or --tls-cert/--tls-key, "
+                "for a real one)."
+            )
+        try:
+            return server_context(cert, key)
+        except (OSError, ssl.SSLError) as error:
+            raise CommandError(
+                f"Cannot load the TLS certificate {cert} / key {key}: {error}"
+            ) from error
+
+    def _say_shutting_down(self) -> None:
+        self.stdout.write("Shutting down: no new connections; letting open sessions finish.")
+        self.stdout.flush()
+
+    def _stop_listening(self, bound: list[BoundListener]) -> None:
+        # The parent's copies of the sockets would keep the ports accepting into a
+        # backlog nobody reads; the workers close theirs as they begin to drain.
+        self._say_shutting_down()
+        for item in bound:
+            item.close()
+
+    async def _serve(
+        self,
+        server: SubmissionServer,
+        bound: list[BoundListener],
+        grace: float,
+        *,
+        on_ready: Callable[[], None] | None = None,
+        relay: bool = True,
+    ) -> None:
+        """Serve until SIGTERM or SIGINT, then drain (the only process, or one worker)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            if on_ready is not None:
+                on_ready()
+            await server.start(bound)
+            # With RELAY["HANDOFF"], deliver right after each commit, in this process.
+            handoff = Handoff() if relay else None
+            if handoff is not None:
+                await handoff.start()
+            await stop.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        if on_ready is not None:  # the only process: say it here, not in a supervisor
+            self._say_shutting_down()
+        await server.shutdown(grace)  # closes this process's listening sockets first
+        if handoff is not None:
+            await handoff.stop(grace)
+
+
+def _bind_error(error: BindError) -> str:
+    messages = {
+        errno.EADDRINUSE: "is already in use",
+        errno.EACCES: "needs privileges this process lacks (ports below 1024)",
+        errno.EADDRNOTAVAIL: "is not an address of this host",
+    }
+    reason = messages.get(error.errno or 0, error.strerror or str(error))
+    return f"Cannot listen on {error.listener}: the address {reason}."

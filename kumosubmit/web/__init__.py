@@ -1,0 +1,7 @@
+"""Self-service pages: a signed-in user manages the SMTP logins linked to them.
+
+They see their logins, make app passwords (shown once), revoke them, set a
+login's own password, and read their recent sign-ins from the audit table.
+Included by the project at ``credentials/`` (``kumosubmit.web.urls``); the
+templates are the project's (``templates/credentials/``). See docs/web.md.
+"""

@@ -1,0 +1,221 @@
+"""The self-service views. Every one needs a signed-in user and sees only their own logins.
+
+A login or app password of someone else is answered 404, exactly as one that
+does not exist, so ids cannot be probed. Writes are POSTs behind Django's CSRF
+protection; the pages are plain HTML forms that work without JavaScript.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.http import require_http_methods
+
+from kumosubmit.audit.models import AuthOutcome, ConnectionRecord
+from kumosubmit.conf import app_settings
+from kumosubmit.credentials import service
+from kumosubmit.credentials.models import AppPassword, SmtpLogin, create_app_password
+from kumosubmit.web.forms import AppPasswordForm, LoginPasswordForm
+
+#: How many audit rows, and how many revoked or expired app passwords, the login page shows.
+RECENT_SIGN_INS = 20
+RECENT_INACTIVE = 20
+
+#: What an owner reads for each result the built-in AUTH handler notes.
+RESULT_TEXT = {
+    service.ACCEPTED: "",
+    service.WRONG_PASSWORD: _("wrong password"),
+    service.REVOKED: _("revoked"),
+    service.EXPIRED: _("expired"),
+    service.APP_PASSWORDS_ONLY: _("own password refused: app passwords only"),
+    service.MUST_CHANGE_PASSWORD: _("own password refused: a new one must be chosen"),
+    service.AUTHZ_NOT_ALLOWED: _("may not act as the identity asked for"),
+}
+
+
+def _own_login(request: HttpRequest, login_id: int) -> SmtpLogin:
+    return get_object_or_404(SmtpLogin, pk=login_id, owner=request.user)
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """One audit row as its owner sees it."""
+
+    at: datetime
+    address: str | None
+    outcome: str
+    outcome_display: str
+    credential: str
+    detail: str
+
+
+def _credential(record: ConnectionRecord) -> tuple[str, str]:
+    """(what the last attempt used, why it was refused), from conn_meta."""
+    meta = record.meta if isinstance(record.meta, dict) else {}
+    attempts = meta.get("auth_attempts") or []
+    last = len(attempts) - 1
+    notes = [
+        note
+        for note in meta.get("auth_credentials") or []
+        if isinstance(note, dict) and note.get("attempt") == last
+    ]
+    if not notes:
+        return "", ""
+    note = notes[-1]
+    detail = str(RESULT_TEXT.get(note.get("result", ""), ""))
+    if note.get("kind") == "app_password":
+        return gettext("app password “%s”") % note.get("label", ""), detail
+    return gettext("password"), detail
+
+
+def recent_sign_ins(login: SmtpLogin, limit: int = RECENT_SIGN_INS) -> list[SignIn]:
+    """The login's latest AUTH outcomes from the audit table (one query on its index).
+
+    The audit table keeps the name as the client sent it, and the lookup is exact
+    (the stored names are lowercase): an attempt typed in capitals is in the
+    admin's audit log, whose search ignores case.
+    """
+    records = (
+        ConnectionRecord.objects.filter(
+            authc=login.username,
+            auth_outcome__in=[AuthOutcome.SUCCESS, AuthOutcome.FAILURE, AuthOutcome.BLOCKED],
+        )
+        .only("started_at", "peer_address", "auth_outcome", "meta")
+        .order_by("-started_at")[:limit]
+    )
+    sign_ins = []
+    for record in records:
+        credential, detail = _credential(record)
+        sign_ins.append(
+            SignIn(
+                at=record.started_at,
+                address=record.peer_address,
+                outcome=record.auth_outcome,
+                outcome_display=record.get_auth_outcome_display(),
+                credential=credential,
+                detail=detail,
+            )
+        )
+    return sign_ins
+
+
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    """The user's SMTP logins, with their last use and how many app passwords work."""
+    now = timezone.now()
+    live = Q(app_passwords__revoked_at__isnull=True) & (
+        Q(app_passwords__expires_at__isnull=True) | Q(app_passwords__expires_at__gt=now)
+    )
+    logins = (
+        SmtpLogin.objects.filter(owner=request.user)
+        .annotate(live_app_passwords=Count("app_passwords", filter=live))
+        .order_by("username")
+    )
+    return render(request, "credentials/index.html", {"logins": logins})
+
+
+def _detail_context(login: SmtpLogin) -> dict[str, Any]:
+    now = timezone.now()
+    live = list(login.app_passwords.live(now))
+    # Revoked and expired ones are kept for the record; the page shows the latest.
+    inactive = login.app_passwords.exclude(pk__in=[p.pk for p in live])[:RECENT_INACTIVE]
+    return {
+        "login": login,
+        "app_passwords": live,
+        "inactive_app_passwords": list(inactive),
+        "form": AppPasswordForm(),
+        "can_create": len(live) < app_settings.MAX_APP_PASSWORDS,
+        "max_app_passwords": app_settings.MAX_APP_PASSWORDS,
+        "sign_ins": recent_sign_ins(login),
+    }
+
+
+@login_required
+def login_detail(request: HttpRequest, login_id: int) -> HttpResponse:
+    """One login: its app passwords, a form for a new one, and its recent sign-ins."""
+    login = _own_login(request, login_id)
+    return render(request, "credentials/login_detail.html", _detail_context(login))
+
+
+@never_cache  # the one copy of the password must not stay in a cache
+@sensitive_variables()
+@sensitive_post_parameters()
+@login_required
+@require_http_methods(["GET", "POST"])
+def create(request: HttpRequest, login_id: int) -> HttpResponse:
+    """Make an app password and show it, this once, in the answer to the POST.
+
+    It is never stored in the clear, not even in the session for a redirect: a
+    reload asks the browser to send the form again, which makes another one.
+    """
+    login = _own_login(request, login_id)
+    form = AppPasswordForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        if login.app_passwords.live().count() >= app_settings.MAX_APP_PASSWORDS:
+            form.add_error(
+                None,
+                gettext(
+                    "This login has %(max)d app passwords already; revoke one you no "
+                    "longer use first."
+                )
+                % {"max": app_settings.MAX_APP_PASSWORDS},
+            )
+        else:
+            app_password, password = create_app_password(
+                login, form.cleaned_data["label"], form.expires_at()
+            )
+            return render(
+                request,
+                "credentials/app_password_created.html",
+                {"login": login, "app_password": app_password, "password": password},
+            )
+    return render(request, "credentials/app_password_form.html", {"login": login, "form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def revoke(request: HttpRequest, login_id: int, app_password_id: int) -> HttpResponse:
+    """Ask (GET), then revoke (POST): the password stops working at once."""
+    login = _own_login(request, login_id)
+    app_password = get_object_or_404(AppPassword, pk=app_password_id, login=login)
+    if request.method == "POST":
+        if app_password.revoke():
+            messages.success(
+                request,
+                gettext("The app password “%s” was revoked; it no longer works.")
+                % app_password.label,
+            )
+        return HttpResponseRedirect(reverse("credentials:login", args=[login.pk]))
+    return render(
+        request,
+        "credentials/app_password_revoke.html",
+        {"login": login, "app_password": app_password},
+    )
+
+
+@sensitive_variables()
+@sensitive_post_parameters("password1", "password2")
+@login_required
+@require_http_methods(["GET", "POST"])
+def set_password(request: HttpRequest, login_id: int) -> HttpResponse:
+    """Choose the login's own password (this ends a password change an operator forced)."""
+    login = _own_login(request, login_id)
+    form = LoginPasswordForm(login, request.POST if request.method == "POST" else None)
+    if form.is_valid():
+        form.save()
+        messages.success(request, gettext("The password of %s was changed.") % login.username)
+        return HttpResponseRedirect(reverse("credentials:login", args=[login.pk]))
+    return render(request, "credentials/set_password.html", {"login": login, "form": form})
