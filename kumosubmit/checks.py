@@ -175,6 +175,7 @@ def _check_brute_force() -> list[Error | Warning]:
 
 _POSITIVE = (
     "PROXY_TIMEOUT",
+    "AUTH_CACHE_SIZE",
     "MAX_MESSAGE_SIZE",
     "IDLE_TIMEOUT",
     "SHUTDOWN_TIMEOUT",
@@ -200,6 +201,14 @@ def _check_numbers() -> list[Error | Warning]:
                     id="kumosubmit.E011",
                 )
             )
+    ttl = app_settings.AUTH_CACHE_TTL
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['AUTH_CACHE_TTL'] must be seconds (0: off), not {ttl!r}.",
+                id="kumosubmit.E011",
+            )
+        )
     if app_settings.BARE_LINE_ENDINGS not in ("reject", "normalize"):
         errors.append(
             Error(

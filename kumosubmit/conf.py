@@ -44,6 +44,12 @@ DEFAULTS: dict[str, Any] = {
     # argon2id parameters for new hashes; older hashes are upgraded on login.
     # argon2-cffi's defaults (RFC 9106, low-memory profile).
     "ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},
+    # Seconds a verified (credential, password) pair is remembered, so the next AUTH with it
+    # skips argon2 (as Dovecot's auth_cache); 0: off, every AUTH verifies. Kept as a keyed
+    # hash, never the password; void as soon as the credential's row changes
+    # (kumosubmit/credentials/authcache.py). At most AUTH_CACHE_SIZE pairs per process.
+    "AUTH_CACHE_TTL": 0,
+    "AUTH_CACHE_SIZE": 100_000,
     # Threads that run argon2 (each verify may itself use `parallelism` lanes).
     "ARGON2_THREADS": None,  # None: the number of CPUs
     # Where accepted messages go: a BaseSpool subclass by dotted path.

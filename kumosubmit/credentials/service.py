@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from kumosubmit.credentials import hashing
+from kumosubmit.credentials.authcache import auth_cache
 from kumosubmit.credentials.models import (
     AppPassword,
     SmtpLogin,
@@ -56,16 +57,25 @@ class _Candidate:
     # Why even the right password is refused (revoked, expired, ...), or None.
     refusal: str | None = None
 
-    def note(self, result: str) -> dict[str, Any]:
-        """What conn_meta keeps about this attempt."""
+    @property
+    def identity(self) -> str:
+        """Which credential this is, for the auth cache."""
         if self.app_password_pk is None:
-            return {"kind": "password", "result": result}
-        return {
-            "kind": "app_password",
-            "app_password_id": self.app_password_pk,
-            "label": self.app_password_label,
-            "result": result,
-        }
+            return f"login:{self.login_pk}"
+        return f"app-password:{self.app_password_pk}"
+
+    def note(self, result: str, cached: bool = False) -> dict[str, Any]:
+        """What conn_meta keeps about this attempt."""
+        note: dict[str, Any] = {"kind": "password", "result": result}
+        if self.app_password_pk is not None:
+            note.update(
+                kind="app_password",
+                app_password_id=self.app_password_pk,
+                label=self.app_password_label,
+            )
+        if cached:
+            note["cached"] = True
+        return note
 
 
 def _find(authc: str, authz: str, public_id: str | None, now: datetime) -> _Candidate | None:
@@ -134,25 +144,34 @@ async def authenticate(authz: str, authc: str, password: str, conn_meta: dict[st
     if not authc or not password:
         return False
     candidate = await run_db(_find, authc, authz, app_password_id(password), timezone.now())
-    matches, needs_rehash = await hashing.averify(
-        candidate.password_hash if candidate else None, password
+    # The row was just read: a cached pair matches only while its hash is unchanged.
+    cached = candidate is not None and auth_cache.verified(
+        candidate.identity, candidate.password_hash, password
     )
+    if cached:
+        matches, needs_rehash = True, False
+    else:
+        matches, needs_rehash = await hashing.averify(
+            candidate.password_hash if candidate else None, password
+        )
     if candidate is None:
         return False
     if not matches:
         _note(conn_meta, candidate.note(WRONG_PASSWORD))
         return False
+    if not cached and not needs_rehash:
+        auth_cache.remember(candidate.identity, candidate.password_hash, password)
     if candidate.refusal is not None:
-        _note(conn_meta, candidate.note(candidate.refusal))
+        _note(conn_meta, candidate.note(candidate.refusal, cached))
         return False
     if not candidate.may_act:
-        _note(conn_meta, candidate.note(AUTHZ_NOT_ALLOWED))
+        _note(conn_meta, candidate.note(AUTHZ_NOT_ALLOWED, cached))
         return False
     new_hash = await hashing.amake_hash(password) if needs_rehash else None
     if not await run_db(_record_use, candidate, new_hash, conn_meta.get("peer_address")):
-        _note(conn_meta, candidate.note(REVOKED))
+        _note(conn_meta, candidate.note(REVOKED, cached))
         return False
-    _note(conn_meta, candidate.note(ACCEPTED))
+    _note(conn_meta, candidate.note(ACCEPTED, cached))
     if new_hash:
         log.info("upgraded a password hash of login %s to argon2id with current parameters", authc)
     return True
