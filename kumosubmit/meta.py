@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -49,7 +50,8 @@ class ConnectionMeta(dict[str, Any]):
             messages_accepted=0,
             bytes_accepted=0,
         )
-        self.started = started  # the aware datetime, for the audit row
+        self.started = started  # the aware datetimes, for the audit row
+        self.ended: datetime | None = None
 
     def set_tls(self, version: str | None, cipher: str | None) -> None:
         self["tls_version"] = version

@@ -1,8 +1,18 @@
-"""Writing the audit row for a finished connection, without ever breaking a session."""
+"""Writing the audit rows of finished connections, batched, without ever breaking a session.
+
+A busy listener ends hundreds of connections a second. One transaction per
+audit row would cost the database thread (and SQLite's single writer) a
+commit each, in the way of the messages waiting to be stored. Rows wait in
+:class:`AuditWriter` instead; one write stores all that gathered while the
+previous one ran, so under load the rows share commits, and when idle a row
+is written at once (no timer delays it).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from django.utils import timezone
@@ -26,7 +36,7 @@ def record_for(meta: ConnectionMeta) -> ConnectionRecord:
     return ConnectionRecord(
         conn_id=data["conn_id"],
         started_at=meta.started,
-        ended_at=timezone.now(),
+        ended_at=getattr(meta, "ended", None) or timezone.now(),
         listener=data["listener"],
         peer_address=data["peer_address"],
         peer_port=data["peer_port"],
@@ -46,14 +56,56 @@ def record_for(meta: ConnectionMeta) -> ConnectionRecord:
     )
 
 
-async def write(meta: ConnectionMeta) -> None:
-    """Store the audit row; log and swallow any failure.
+async def _store(metas: list[ConnectionMeta]) -> None:
+    """Store these rows in one transaction; if that fails, each on its own.
 
-    The session has ended by now: a failure (the database down or locked) costs
-    this row, which the log line says, and nothing else.
+    The sessions have ended by now: a failure (the database down or locked)
+    costs the rows it could not write, which the log says, and nothing else.
     """
-    try:
-        record = record_for(meta)
-        await run_db(record.save)
-    except Exception:
-        log.exception("could not write the audit record of connection %s", meta.get("conn_id"))
+    records: list[ConnectionRecord] = []
+    for meta in metas:
+        try:
+            records.append(record_for(meta))
+        except Exception:
+            log.exception("could not write the audit record of connection %s", meta.get("conn_id"))
+    if len(records) > 1:
+        try:
+            await run_db(ConnectionRecord.objects.bulk_create, records)
+            return
+        except Exception:
+            log.warning("could not write %d audit records at once; trying each", len(records))
+    for record in records:
+        try:
+            await run_db(record.save)
+        except Exception:
+            log.exception("could not write the audit record of connection %s", record.conn_id)
+
+
+class AuditWriter:
+    """The audit rows of one listener process, written in batches by one background task."""
+
+    #: Most rows in one INSERT.
+    BATCH = 500
+
+    def __init__(self, spawn: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self._spawn = spawn  # runs a task that shutdown waits for
+        self._pending: list[ConnectionMeta] = []
+        self._writing = False
+
+    def submit(self, meta: ConnectionMeta) -> None:
+        """Queue the row of a finished connection; never raises, never waits."""
+        meta.ended = timezone.now()
+        self._pending.append(meta)
+        if not self._writing:
+            self._writing = True
+            self._spawn(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self.BATCH]
+                del self._pending[: self.BATCH]
+                await _store(batch)
+                await asyncio.sleep(0)  # let the rows of connections ending meanwhile gather
+        finally:
+            self._writing = False

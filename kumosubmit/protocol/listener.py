@@ -13,6 +13,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kumosubmit.audit.recorder import AuditWriter
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials import hashing
 from kumosubmit.db import close_db
@@ -51,6 +52,10 @@ class ServerState:
     draining: bool = False
     per_address: collections.Counter[str | None] = field(default_factory=collections.Counter)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    audit: AuditWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditWriter(self.spawn)
 
     def admit(self, connection: SubmissionSMTP) -> str | None:
         """Track a new connection; return the 421 to refuse it with, if over a limit."""
@@ -88,7 +93,7 @@ class ServerState:
         self._changed.set()
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        """Run background work (an audit write) that shutdown waits for."""
+        """Run background work (audit writes) that shutdown waits for."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

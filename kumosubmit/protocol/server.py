@@ -30,7 +30,6 @@ import aiosmtpd.smtp
 from aiosmtpd.proxy_protocol import V2_CMD, ProxyData
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
 
-from kumosubmit.audit import recorder
 from kumosubmit.conf import app_settings
 from kumosubmit.meta import ConnectionMeta
 from kumosubmit.protocol import replies
@@ -221,7 +220,7 @@ class SubmissionSMTP(SMTP):
             meta["bytes_accepted"],
             time.monotonic() - self._started,
         )
-        self.state.spawn(recorder.write(meta))
+        self.state.audit.submit(meta)
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):
