@@ -1,7 +1,21 @@
-"""The default spool: a row in the database, committed before the 250."""
+"""The default spool: a row in the database, committed before the 250.
+
+Each commit is a disk flush (SQLite with ``synchronous=FULL``, PostgreSQL's
+WAL): a commit per message would cap a listener at the disk's flush rate and
+keep the one database thread busy. Messages that arrive while a commit is
+under way therefore share the next one (a group commit, as databases do for
+their own log): under load one transaction stores many messages, each
+session still hears its ``250`` only after the commit that holds its
+message, and when idle a message is written at once, with no timer. If a
+shared transaction fails, its messages are stored one by one, so a message
+the database refuses costs only its own session a ``451``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import weakref
 from functools import partial
 
 from django.db import transaction
@@ -11,6 +25,8 @@ from kumosubmit.signals import message_stored
 from kumosubmit.spool.base import BaseSpool, SpooledMessage
 from kumosubmit.spool.models import Message
 
+log = logging.getLogger(__name__)
+
 
 def _column(value: object, field: str) -> str:
     """A text column's value, cut to its length (the whole value stays in ``meta``)."""
@@ -18,34 +34,150 @@ def _column(value: object, field: str) -> str:
     return str(value or "")[:max_length]
 
 
-class DatabaseSpool(BaseSpool):
-    """Keeps each message as a :class:`~kumosubmit.spool.models.Message` row."""
+def _row(message: SpooledMessage) -> Message:
+    # What the client chose (addresses, the EHLO name in meta, the identities a hook
+    # accepted) must fit the row, or the message would get 451 on every retry; the
+    # content is stored byte for byte.
+    meta = storable(message.meta)
+    return Message(
+        queue_id=message.queue_id,
+        mail_from=_column(storable(message.mail_from), "mail_from"),
+        rcpt_tos=storable(message.rcpt_tos),
+        size=len(message.content),
+        content=message.content,
+        authz_id=_column(meta.get("authz_id"), "authz_id"),
+        authn_id=_column(meta.get("authn_id"), "authn_id"),
+        conn_id=_column(meta.get("conn_id"), "conn_id"),
+        meta=meta,
+    )
 
-    async def store(self, message: SpooledMessage) -> None:
-        await run_db(self._store, message)
 
-    @staticmethod
-    def _store(message: SpooledMessage) -> None:
-        # What the client chose (addresses, the EHLO name in meta, the identities a
-        # hook accepted) must fit the row, or the message would get 451 on every
-        # retry; the content is stored byte for byte.
-        meta = storable(message.meta)
-        # atomic() so the row is committed (not merely sent) when this returns,
-        # whatever the connection's autocommit state.
-        with transaction.atomic():
-            Message.objects.create(
-                queue_id=message.queue_id,
-                mail_from=_column(storable(message.mail_from), "mail_from"),
-                rcpt_tos=storable(message.rcpt_tos),
-                size=len(message.content),
-                content=message.content,
-                authz_id=_column(meta.get("authz_id"), "authz_id"),
-                authn_id=_column(meta.get("authn_id"), "authn_id"),
-                conn_id=_column(meta.get("conn_id"), "conn_id"),
-                meta=meta,
-            )
+def store_together(messages: list[SpooledMessage]) -> None:
+    """Store ``messages`` in one transaction, committed when this returns."""
+    # atomic() so the rows are committed (not merely sent) when this returns, whatever
+    # the connection's autocommit state.
+    with transaction.atomic():
+        Message.objects.bulk_create([_row(message) for message in messages])
+        for message in messages:
             # After the commit, never before: an observer (the relay in hand-off mode)
             # must find the row. send_robust: a receiver's error cannot cost the 250.
             transaction.on_commit(
                 partial(message_stored.send_robust, DatabaseSpool, queue_id=message.queue_id)
             )
+
+
+def store_each(messages: list[SpooledMessage]) -> list[Exception | None]:
+    """Store each message in its own transaction; what each one failed with, if it did."""
+    outcomes: list[Exception | None] = []
+    for message in messages:
+        try:
+            store_together([message])
+            outcomes.append(None)
+        except Exception as error:
+            outcomes.append(error)
+    return outcomes
+
+
+class _GroupCommit:
+    """The messages of one event loop waiting to be stored, and the task that stores them."""
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._waiting: list[tuple[SpooledMessage, asyncio.Future[None]]] = []
+        self._storing = 0  # messages in the transaction under way
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Messages handed in and not yet answered for."""
+        return len(self._waiting) + self._storing
+
+    async def store(self, message: SpooledMessage) -> None:
+        loop = asyncio.get_running_loop()
+        stored: asyncio.Future[None] = loop.create_future()
+        # Its session may be gone when the outcome comes: that is no unhandled error.
+        stored.add_done_callback(lambda future: future.cancelled() or future.exception())
+        self._waiting.append((message, stored))
+        if self._task is None:
+            self._task = loop.create_task(self._run(), name="spool-group-commit")
+        # shield: a session that goes away meanwhile must not cancel its neighbours' commit.
+        await asyncio.shield(stored)
+
+    def _next_batch(self) -> list[tuple[SpooledMessage, asyncio.Future[None]]]:
+        size = count = 0
+        for count, (message, _) in enumerate(self._waiting, 1):
+            size += len(message.content)
+            if count >= self.max_messages or size >= self.max_bytes:
+                break
+        batch = self._waiting[:count]
+        del self._waiting[:count]
+        return batch
+
+    async def _run(self) -> None:
+        batch: list[tuple[SpooledMessage, asyncio.Future[None]]] = []
+        try:
+            while self._waiting:
+                batch = self._next_batch()
+                self._storing = len(batch)
+                messages = [message for message, _ in batch]
+                try:
+                    await run_db(store_together, messages)
+                    outcomes: list[Exception | None] = [None] * len(batch)
+                except Exception as error:
+                    if len(batch) == 1:
+                        outcomes = [error]
+                    else:
+                        log.warning("could not store %d messages at once; storing each", len(batch))
+                        outcomes = await run_db(store_each, messages)
+                for (_, stored), outcome in zip(batch, outcomes, strict=True):
+                    if stored.done():
+                        continue
+                    if outcome is None:
+                        stored.set_result(None)
+                    else:
+                        stored.set_exception(outcome)
+                self._storing = 0
+        except BaseException as error:
+            # Cancelled (the loop is closing) or broken: nobody may wait for ever, and
+            # nobody may hear 250 for a message whose commit is not known to have happened.
+            for _, stored in batch + self._waiting:
+                if not stored.done():
+                    stored.set_exception(RuntimeError("the spool's writer stopped"))
+            self._waiting.clear()
+            self._storing = 0
+            if not isinstance(error, Exception):
+                raise
+            log.exception("the spool's writer failed")
+        finally:
+            self._task = None
+
+
+class DatabaseSpool(BaseSpool):
+    """Keeps each message as a :class:`~kumosubmit.spool.models.Message` row.
+
+    Messages arriving together share a transaction (module docstring).
+    """
+
+    #: Most messages, and about the most bytes, one transaction stores.
+    MAX_MESSAGES_PER_COMMIT = 100
+    MAX_BYTES_PER_COMMIT = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def store(self, message: SpooledMessage) -> None:
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = _GroupCommit(
+                self.MAX_MESSAGES_PER_COMMIT, self.MAX_BYTES_PER_COMMIT
+            )
+        await group.store(message)
+
+    def pending(self) -> int:
+        """Messages of the running event loop handed in and not yet answered for."""
+        group = self._groups.get(asyncio.get_running_loop())
+        return group.pending if group else 0
