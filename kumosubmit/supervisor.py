@@ -23,6 +23,7 @@ from typing import Any
 log = logging.getLogger("kumosubmit.supervisor")
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 #: A worker that exits sooner than this after its start counts as a crash loop.
 QUICK_EXIT = 2.0
@@ -56,12 +57,14 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT, then drain the workers; return the exit status."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         self._wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
         try:
             self.on_start()
             for index in range(self.count):
+                if self._stopping:
+                    break
                 self._spawn(index)
             while not self._stopping:
                 self._watch(timeout=None)
@@ -87,9 +90,15 @@ class Supervisor:
             args=(self.target, index, os.getpid()),
             name=f"kumosubmit-worker-{index}",
         )
-        process.start()
-        self.workers[index] = process
-        self._started[index] = time.monotonic()
+        # A stop signal that comes while forking waits until the new worker is on the list
+        # the handler signals (and the child sets its own handlers before it sees one).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+            self.workers[index] = process
+            self._started[index] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info("worker %d started (pid %d)", index, process.pid)
 
     def _watch(self, timeout: float | None) -> None:
@@ -145,8 +154,11 @@ def _die_with_parent(parent: int) -> None:
 
 def _worker_main(target: Callable[[int], None], index: int, parent: int) -> None:
     _die_with_parent(parent)
-    # The parent's handlers and wakeup fd are not the worker's: it installs its own.
+    # The parent's handlers and wakeup fd are not the worker's: it installs its own. Until
+    # then a stop signal ends it at once (it serves nobody yet); one that came during the
+    # fork was blocked and is delivered now.
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     target(index)

@@ -166,3 +166,16 @@ def test_sessions_still_open_after_the_timeout_are_closed(runsmtpd, pki, make_lo
     stuck.close()
     assert not Message.objects.exists()
     assert ConnectionRecord.objects.count() == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_workers_start_still_stops_them_all(runsmtpd, pki, signum):
+    """A stop signal that lands while workers are being forked reaches every one of them."""
+    for _ in range(5):
+        process = runsmtpd(
+            "--listen", f"127.0.0.1:{free_port()}", *pki.cert_args(), "--workers", "4"
+        )
+        process.wait_for("listening on")  # printed just before the first fork
+        process.signal(signum)
+        assert process.finish(timeout=20) == 0
+        assert "did not stop in time" not in process.output
