@@ -30,7 +30,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
     errors += _check_listeners() + _check_tls() + _check_argon2() + _check_paths()
     errors += _check_numbers()
     errors += _check_brute_force()
+    errors += _check_metrics()
     return errors
+
+
+def _check_metrics() -> list[Error | Warning]:
+    """METRICS_LISTEN (read by runsmtpd): None or one 'HOST:PORT'."""
+    from kumosubmit.protocol.listener import parse_address
+
+    value = app_settings.METRICS_LISTEN
+    if value is None:
+        return []
+    try:
+        parse_address(value)
+    except (TypeError, ValueError, AttributeError):
+        return [
+            Error(
+                f"KUMOSUBMIT['METRICS_LISTEN'] is {value!r}, not 'HOST:PORT' or None.",
+                hint="For example '127.0.0.1:9587'; None serves no metrics.",
+                id="kumosubmit.E040",
+            )
+        ]
+    return []
 
 
 def _check_listeners() -> list[Error | Warning]:

@@ -41,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "WORKERS": None,
     # Seconds runsmtpd lets open sessions finish after SIGTERM/SIGINT.
     "SHUTDOWN_TIMEOUT": 30,
+    # "HOST:PORT" where runsmtpd serves Prometheus /metrics and /health over HTTP;
+    # None: not served. Keep it on loopback or a private network (docs/deploy.md).
+    "METRICS_LISTEN": None,
     # argon2id parameters for new hashes; older hashes are upgraded on login.
     # argon2-cffi's defaults (RFC 9106, low-memory profile).
     "ARGON2": {"time_cost": 3, "memory_cost": 65536, "parallelism": 4},

@@ -27,15 +27,19 @@ path that goes silent (no reset) is for libpq's ``connect_timeout``,
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.dispatch import receiver
+
+from kumosubmit import metrics
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -76,7 +80,33 @@ def _fresh(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
 
 async def run_db(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Run ``func(*args, **kwargs)`` against the database, off the event loop."""
-    return await sync_to_async(_fresh, thread_sensitive=True)(func, *args, **kwargs)
+    began = time.perf_counter()
+    try:
+        result = await sync_to_async(_fresh, thread_sensitive=True)(func, *args, **kwargs)
+    except Exception:
+        metrics.db_call(func, time.perf_counter() - began, failed=True)
+        raise
+    metrics.db_call(func, time.perf_counter() - began, failed=False)
+    return result
+
+
+def ping() -> None:
+    """``SELECT 1`` on a new connection, closed again; raises if the database is unusable.
+
+    For health checks, from a thread of their own (never the event loop's): a new
+    connection each time proves what a restarted worker or a reconnect needs (the
+    server answers, accepts our credentials, the SQLite file opens), and nothing
+    is kept open in a supervisor that forks workers.
+    """
+    connection = connections[DEFAULT_DB_ALIAS]
+    try:
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        with contextlib.suppress(Exception):  # a broken connection may fail to close too
+            connection.close()
 
 
 async def close_db() -> None:

@@ -13,6 +13,8 @@ import collections
 import logging
 import statistics
 
+from kumosubmit import metrics
+
 log = logging.getLogger("kumosubmit.looplag")
 
 
@@ -42,6 +44,7 @@ class LoopLagMonitor:
             await asyncio.sleep(self.interval)
             lag = max(0.0, loop.time() - expected)
             self.samples.append(lag)
+            metrics.loop_lag(lag)
             if lag >= self.warn_after:
                 log.warning("event loop held for %.0f ms", lag * 1000)
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from django.utils import timezone
 
+from kumosubmit import metrics
+
 #: Outcomes of an AUTH attempt, as stored in conn_meta and the audit table.
 AUTH_SUCCESS = "success"
 AUTH_FAILURE = "failure"
@@ -59,6 +61,7 @@ class ConnectionMeta(dict[str, Any]):
 
     def record_auth(self, mechanism: str, authz: str, authc: str, outcome: str) -> None:
         """Note one AUTH attempt (never its password); on success, the identities."""
+        metrics.auth_attempt(mechanism, outcome)
         self["auth_attempts"].append(
             {
                 "mechanism": mechanism,
@@ -73,6 +76,7 @@ class ConnectionMeta(dict[str, Any]):
             self["authn_id"] = authc
 
     def record_message(self, size: int) -> None:
+        metrics.message_accepted(size)
         self["messages_accepted"] += 1
         self["bytes_accepted"] += size
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
+from kumosubmit import metrics
+
 log = logging.getLogger("kumosubmit.supervisor")
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
@@ -113,6 +115,8 @@ class Supervisor:
     def _restart(self, index: int) -> None:
         process = self.workers[index]
         process.join()
+        metrics.process_exited(process.pid or 0)  # its gauges go; its counters still count
+        metrics.worker_restarted()
         lived = time.monotonic() - self._started[index]
         quick = self._quick_exits.get(index, 0) + 1 if lived < QUICK_EXIT else 0
         self._quick_exits[index] = quick
@@ -138,6 +142,7 @@ class Supervisor:
                 log.error("worker %d (pid %d) did not stop in time; killing it", index, process.pid)
                 process.kill()
                 process.join()
+            metrics.process_exited(process.pid or 0)
         return 0
 
 

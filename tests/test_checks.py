@@ -37,6 +37,8 @@ def test_project_settings_pass(settings):
         ({"HOOKS": {"smtp_server_auth_cram": "x.y"}}, ["kumosubmit.E007"]),
         ({"HOOKS": {"smtp_server_auth_plain": "no.such.module.check"}}, ["kumosubmit.E008"]),
         ({"SPOOL_BACKEND": "no.such.Spool"}, ["kumosubmit.E009"]),
+        ({"METRICS_LISTEN": "9587"}, ["kumosubmit.E040"]),
+        ({"METRICS_LISTEN": ["127.0.0.1:9587"]}, ["kumosubmit.E040"]),
     ],
 )
 def test_bad_settings_are_errors(settings, overrides, expected):
@@ -49,6 +51,7 @@ def test_valid_listeners_and_files(settings, pki):
             settings,
             LISTEN=["0.0.0.0:587", "[::]:587"],
             IMPLICIT_TLS=["127.0.0.1:465"],
+            METRICS_LISTEN="[::1]:9587",
             TLS_CERT=str(pki.server_cert),
             TLS_KEY=str(pki.server_key),
         )

@@ -56,6 +56,10 @@ def record_for(meta: ConnectionMeta) -> ConnectionRecord:
     )
 
 
+def insert_audit_rows(records: list[ConnectionRecord]) -> None:
+    ConnectionRecord.objects.bulk_create(records)
+
+
 async def _store(metas: list[ConnectionMeta]) -> None:
     """Store these rows in one transaction; if that fails, each on its own.
 
@@ -70,7 +74,7 @@ async def _store(metas: list[ConnectionMeta]) -> None:
             log.exception("could not write the audit record of connection %s", meta.get("conn_id"))
     if len(records) > 1:
         try:
-            await run_db(ConnectionRecord.objects.bulk_create, records)
+            await run_db(insert_audit_rows, records)
             return
         except Exception:
             log.warning("could not write %d audit records at once; trying each", len(records))

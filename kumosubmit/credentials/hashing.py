@@ -20,7 +20,9 @@ import asyncio
 import functools
 import re
 import secrets
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import argon2
 import bcrypt
@@ -28,7 +30,10 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from django.views.decorators.debug import sensitive_variables
 from passlib.handlers.sha2_crypt import sha256_crypt, sha512_crypt
 
+from kumosubmit import metrics
 from kumosubmit.conf import app_settings, clears_on_setting_change
+
+R = TypeVar("R")
 
 
 @clears_on_setting_change
@@ -89,19 +94,31 @@ def verify(encoded: str | None, password: str) -> tuple[bool, bool]:
     return True, hasher().check_needs_rehash(encoded)
 
 
+async def _in_pool(func: Callable[..., R], *args: Any) -> R:
+    """``func(*args)`` in the bounded argon2 pool, counted in its metrics while it waits and runs.
+
+    As ``run_in_executor`` does, but a job cancelled before it starts stops counting.
+    """
+    job = metrics.PoolJob(func)
+    future = _executor().submit(job, *args)
+    future.add_done_callback(job.done)
+    result: R = await asyncio.wrap_future(future)
+    return result
+
+
 async def averify(encoded: str | None, password: str) -> tuple[bool, bool]:
     """:func:`verify` in the bounded argon2 pool."""
-    return await asyncio.get_running_loop().run_in_executor(_executor(), verify, encoded, password)
+    return await _in_pool(verify, encoded, password)
 
 
 async def amake_hash(password: str) -> str:
     """:func:`make_hash` in the bounded argon2 pool."""
-    return await asyncio.get_running_loop().run_in_executor(_executor(), make_hash, password)
+    return await _in_pool(make_hash, password)
 
 
 async def awarm_up() -> None:
     """Compute the dummy hash before the first client needs it."""
-    await asyncio.get_running_loop().run_in_executor(_executor(), dummy_hash)
+    await _in_pool(dummy_hash)
 
 
 # -- imported hashes ------------------------------------------------------------------

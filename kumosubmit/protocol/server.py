@@ -30,6 +30,7 @@ import aiosmtpd.smtp
 from aiosmtpd.proxy_protocol import V2_CMD, ProxyData
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
 
+from kumosubmit import metrics
 from kumosubmit.conf import app_settings
 from kumosubmit.meta import ConnectionMeta
 from kumosubmit.protocol import replies
@@ -195,6 +196,7 @@ class SubmissionSMTP(SMTP):
             cipher = ssl_object.cipher()
             self.meta.set_tls(ssl_object.version(), cipher[0] if cipher else None)
         if first:
+            metrics.connection_opened(self.meta["listener"], proxy=self.proxy)
             self.refusal = self.state.admit(self)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -202,6 +204,7 @@ class SubmissionSMTP(SMTP):
         if self._finished:  # aiosmtpd calls this twice after a failed TLS handshake
             return
         self._finished = True
+        metrics.connection_closed(self.meta["listener"], proxy=self.proxy)
         self.state.discard(self)
         meta = self.meta
         last = meta.last_auth or {}
@@ -319,6 +322,7 @@ class SubmissionSMTP(SMTP):
                 self.close_with(replies.TOO_MANY_ERRORS)
                 return
             self._errors += 1
+        metrics.reply_sent(status)
         await super().push(status)
 
     async def _raw(self, command: Callable[[str], Awaitable[None]], arg: str) -> None:
@@ -387,6 +391,7 @@ class SubmissionSMTP(SMTP):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        metrics.reply_sent(reply)
         transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
         transport.close()
         if self._handler_coroutine is not None:

@@ -16,8 +16,10 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 
 import kumosubmit
+from kumosubmit import metrics
 from kumosubmit.certs import ensure_self_signed
 from kumosubmit.conf import app_settings
+from kumosubmit.exporter import Exporter
 from kumosubmit.protocol.listener import (
     BindError,
     BoundListener,
@@ -36,6 +38,7 @@ class Command(BaseCommand):
 
     # Checks run in handle(), after the options are known, as runserver does.
     requires_system_checks: list[str] = []
+    _exporter: Exporter | None = None
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -82,6 +85,12 @@ class Command(BaseCommand):
             help="Listener processes sharing the ports (default: KUMOSUBMIT['WORKERS'], "
             "or the number of CPUs). A worker that dies is restarted.",
         )
+        parser.add_argument(
+            "--metrics-listen",
+            metavar="HOST:PORT",
+            help="Serve Prometheus /metrics and a /health check over HTTP here. "
+            "Default: KUMOSUBMIT['METRICS_LISTEN'], none.",
+        )
         parser.add_argument("--skip-checks", action="store_true", help="Skip the system checks.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -108,12 +117,24 @@ class Command(BaseCommand):
         timeout = options["shutdown_timeout"]
         grace = float(app_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
         workers = options["workers"] or app_settings.WORKERS or os.cpu_count() or 1
+        metrics_address = self._metrics_address(options)
         try:
             bound = bind(listeners)
         except BindError as error:
-            raise CommandError(_bind_error(error)) from error
+            raise CommandError(_bind_error(error.listener, error)) from error
+        try:
+            self._exporter = self._start_exporter(metrics_address)
+        except BaseException:
+            for item in bound:
+                item.close()
+            raise
 
         def say_listening() -> None:  # once the signal handlers are in place
+            if self._exporter is not None:
+                self.stdout.write(
+                    f"Metrics on {self._exporter.url}/metrics, health check on "
+                    f"{self._exporter.url}/health."
+                )
             self.stdout.write(
                 f"kumosubmit {kumosubmit.__version__} listening on "
                 + ", ".join(str(listener) for listener in listeners)
@@ -122,13 +143,18 @@ class Command(BaseCommand):
             )
             self.stdout.flush()
 
+        def worker(index: int) -> None:
+            if self._exporter is not None:  # served by the supervisor, not by each worker
+                self._exporter.close_in_child()
+            # One hand-off relay per host is enough (and all SQLite allows).
+            asyncio.run(self._serve(server, bound, grace, relay=index == 0))
+
         try:
             if workers == 1:
                 asyncio.run(self._serve(server, bound, grace, on_ready=say_listening))
             else:
                 supervisor = Supervisor(
-                    # One hand-off relay per host is enough (and all SQLite allows).
-                    lambda index: asyncio.run(self._serve(server, bound, grace, relay=index == 0)),
+                    worker,
                     workers,
                     grace=grace,
                     on_start=say_listening,
@@ -138,7 +164,34 @@ class Command(BaseCommand):
         finally:
             for item in bound:
                 item.close()
+            if self._exporter is not None:
+                self._exporter.stop()
+                metrics.disable()
         self.stdout.write("Stopped.")
+
+    def _metrics_address(self, options: dict[str, Any]) -> tuple[str, int] | None:
+        text = options["metrics_listen"] or app_settings.METRICS_LISTEN
+        if not text:
+            return None
+        try:
+            return parse_address(text)
+        except ValueError as error:
+            raise CommandError(f"--metrics-listen: {error}") from error
+
+    def _start_exporter(self, address: tuple[str, int] | None) -> Exporter | None:
+        """Bind the metrics endpoint and start measuring (before any worker is forked)."""
+        if address is None:
+            return None
+        directory = metrics.enable()
+        try:
+            exporter = Exporter(*address, directory)
+        except OSError as error:
+            metrics.disable()
+            host = f"[{address[0]}]" if ":" in address[0] else address[0]
+            where = f"{host}:{address[1]} (metrics)"
+            raise CommandError(_bind_error(where, error)) from error
+        exporter.start()
+        return exporter
 
     def _refuse_unapplied_migrations(self) -> None:
         executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
@@ -192,6 +245,8 @@ class Command(BaseCommand):
             ) from error
 
     def _say_shutting_down(self) -> None:
+        if self._exporter is not None:
+            self._exporter.stopping = True  # /health: 503 from now on
         self.stdout.write("Shutting down: no new connections; letting open sessions finish.")
         self.stdout.flush()
 
@@ -235,11 +290,11 @@ class Command(BaseCommand):
             await handoff.stop(grace)
 
 
-def _bind_error(error: BindError) -> str:
+def _bind_error(where: object, error: OSError) -> str:
     messages = {
         errno.EADDRINUSE: "is already in use",
         errno.EACCES: "needs privileges this process lacks (ports below 1024)",
         errno.EADDRNOTAVAIL: "is not an address of this host",
     }
     reason = messages.get(error.errno or 0, error.strerror or str(error))
-    return f"Cannot listen on {error.listener}: the address {reason}."
+    return f"Cannot listen on {where}: the address {reason}."
