@@ -1,0 +1,28 @@
+"""Settings for benchmarking ``runsmtpd``: the project's own, with the abuse limits opened up.
+
+Used by ``bench/submission.py`` (``DJANGO_SETTINGS_MODULE=bench.settings``). Every
+load-generator client connects from one address, so the per-address and total
+connection caps would turn the benchmark into a test of the caps; each session
+may send the 500 messages the benchmark asks of it. The brute-force counters stay
+on: their bookkeeping is part of what every AUTH costs. Argon2 keeps the
+production parameters (kumosubmit.conf DEFAULTS["ARGON2"]) unless
+``BENCH_ARGON2=cheap``, which the idle-sessions section uses so that 10,000 AUTHs
+take seconds, not the 12 minutes the real parameters would (the memory an idle
+session holds does not depend on the hash it was checked with).
+"""
+
+import os
+
+from project.settings import *  # noqa: F403
+from project.settings import KUMOSUBMIT
+
+KUMOSUBMIT = {
+    **KUMOSUBMIT,
+    "HOSTNAME": "kumosubmit.bench",
+    "MAX_CONNECTIONS": 30_000,
+    "MAX_CONNECTIONS_PER_IP": 30_000,
+    "MAX_MESSAGES_PER_CONNECTION": 1000,
+}
+if os.environ.get("BENCH_ARGON2") == "cheap":
+    # OWASP's floor for argon2id (19 MiB, t=2) would still cost 10,000 x ~25 ms.
+    KUMOSUBMIT["ARGON2"] = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}

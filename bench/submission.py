@@ -1,0 +1,785 @@
+"""Submission throughput (issue 5): kumosubmit beside the physical limit, a sink and Postfix.
+
+Run from the repository root (as root, for Postfix and for reading peak memory):
+
+    .venv/bin/python bench/submission.py [--quick] [--only SECTION ...] [--json PATH]
+                                         [--database-url URL] [--idle-sessions N]
+                                         [--no-postfix]
+
+In one run it starts, side by side on loopback, and measures with bench/loadgen.py:
+
+- the physical limit: argon2 verifications per second with every core busy, with
+  the configured parameters (kumosubmit.conf DEFAULTS["ARGON2"]), one process per core;
+- kumosubmit: ``manage.py runsmtpd --workers 2`` on a fresh SQLite database in a
+  temporary directory (or a temporary database on ``--database-url``'s PostgreSQL
+  server), settings from bench/settings.py, logins load1..load50 with password ``pw``;
+- a plain aiosmtpd sink (bench/sink.py, two processes) that accepts any AUTH without
+  hashing and stores nothing: the protocol stack's ceiling;
+- Postfix with Dovecot SASL on an ARGON2ID passwd-file
+  (/work/shared/anchors/postfix-submission.sh, 127.0.0.1:10587), if it can be started.
+
+Sections (``--only``): limit, auth, messages, mixed, idle, large. It prints a table
+with each issue-5 target and PASS or MISS. A default run takes about 10 minutes;
+``--quick`` (short durations, small counts) about two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402 - bench/ is not a package
+
+SECTIONS = ("limit", "auth", "messages", "mixed", "idle", "large")
+POSTFIX_ANCHOR = Path("/work/shared/anchors/postfix-submission.sh")
+POSTFIX_PORT = 10587
+PASSWORD = "pw"  # noqa: S105 - the benchmark logins' password (as the Postfix anchor's)
+SENDER_DOMAIN = "bench.example"
+
+# What runsmtpd logs about its event loop when it stops (kumosubmit/protocol/listener.py).
+LAG_LINE = r"event loop lag: p99 ([\d.]+) ms, worst ([\d.]+) ms"
+
+# The issue's figures, used when Postfix could not be measured in this run.
+ISSUE_POSTFIX = {"mixed_p99_ms": 12.0, "messages_500_c8": 950.0, "large_ms": 115.0}
+
+
+@dataclass
+class Plan:
+    """Durations and counts; ``--quick`` shrinks them."""
+
+    limit_seconds: float = 5
+    auth_seconds: float = 10
+    auth_concurrency: tuple[int, ...] = (1, 8, 32)
+    message_seconds: float = 8
+    per_session: tuple[int, ...] = (1, 20, 500)
+    message_concurrency: tuple[int, ...] = (8, 32)
+    mixed_seconds: float = 15
+    idle_sessions: int = 10_000
+    large_count: int = 3
+    large_size: int = 20_000_000
+    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            limit_seconds=2,
+            auth_seconds=3,
+            message_seconds=2,
+            mixed_seconds=4,
+            idle_sessions=500,
+            large_count=1,
+        )
+
+
+# -- the physical limit -----------------------------------------------------------------
+
+
+def _verify_loop(params: dict[str, int], seconds: float, barrier: Any, results: Any) -> None:
+    import argon2
+
+    hasher = argon2.PasswordHasher(type=argon2.Type.ID, **params)
+    encoded = hasher.hash(PASSWORD)
+    barrier.wait()
+    deadline = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < deadline:
+        hasher.verify(encoded, PASSWORD)
+        count += 1
+    results.put((count, time.monotonic() - deadline + seconds))
+
+
+def physical_limit(seconds: float) -> dict[str, Any]:
+    """argon2 verifications per second with one busy process per core."""
+    sys.path.insert(0, str(ROOT))
+    from kumosubmit.conf import DEFAULTS  # a plain dict; Django need not be set up
+
+    params = dict(DEFAULTS["ARGON2"])
+    cores = os.cpu_count() or 1
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(cores)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_verify_loop, args=(params, seconds, barrier, results))
+        for _ in range(cores)
+    ]
+    for worker in workers:
+        worker.start()
+    parts = [results.get(timeout=seconds + 120) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    rate = sum(count / elapsed for count, elapsed in parts)
+    return {"argon2": params, "processes": cores, "verifications_per_s": round(rate, 2)}
+
+
+# -- servers ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_greeting(port: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Until a connection gets a 220 greeting (the server accepts and answers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before serving")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                if sock.recv(512).startswith(b"220"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)  # nothing to await: the server is not listening yet
+    raise RuntimeError(f"no 220 greeting on port {port} within {timeout:.0f}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    pid: int
+    user: str = "load{n}"
+    #: What the server said about itself when it stopped (kumosubmit: loop lag).
+    stopped: dict[str, Any] | None = None
+
+
+class Kumosubmit:
+    """runsmtpd --workers N on its own data directory and database."""
+
+    def __init__(
+        self, directory: Path, database_url: str | None, workers: int, *, cheap: bool = False
+    ) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.database_url = database_url or f"sqlite:///{directory / 'bench.sqlite3'}"
+        self.workers = workers
+        self.cheap = cheap
+        self.port = free_port()
+        self.log = directory / "runsmtpd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "bench.settings",
+            "DATABASE_URL": self.database_url,
+            "KUMOSUBMIT_DATA_DIR": str(directory),
+            "DJANGO_SECRET_KEY": "bench-secret-key-not-for-production",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if cheap:
+            self.env["BENCH_ARGON2"] = "cheap"
+
+    def _manage(self, *args: str) -> None:
+        subprocess.run(  # noqa: S603 - our own manage.py
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+
+    def setup(self, logins: int = 50) -> None:
+        """Migrate and create load1..loadN (password pw, may send as @bench.example)."""
+        self._manage("migrate", "--no-input")
+        code = (
+            "from kumosubmit.credentials.models import AllowedSender, SmtpLogin\n"
+            f"for n in range(1, {logins + 1}):\n"
+            "    login = SmtpLogin(username=f'load{n}')\n"
+            f"    login.set_password({PASSWORD!r})\n"
+            "    login.save()\n"
+            f"    AllowedSender.objects.create(login=login, pattern='@{SENDER_DOMAIN}')\n"
+        )
+        self._manage("shell", "-c", code)
+
+    def start(self) -> Target:
+        self.setup()
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own manage.py
+                [
+                    sys.executable,
+                    str(ROOT / "manage.py"),
+                    "runsmtpd",
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                    "--workers",
+                    str(self.workers),
+                ],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_greeting(self.port, self.proc, 120)
+        except RuntimeError as error:
+            raise RuntimeError(f"runsmtpd: {error}; log:\n{self.log_text()[-3000:]}") from None
+        name = "kumosubmit (cheap argon2)" if self.cheap else "kumosubmit"
+        return Target(name, self.port, self.proc.pid)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> dict[str, Any]:
+        """Stop; what the log says about the event loop (lag p99 and worst, holds >= 100 ms)."""
+        if self.proc is not None:
+            stop_process(self.proc, 60)
+        text = self.log_text()
+        lags = [(float(p99), float(worst)) for p99, worst in re.findall(LAG_LINE, text)]
+        return {
+            "loop_lag_p99_ms": max((p for p, _ in lags), default=None),
+            "loop_lag_worst_ms": max((w for _, w in lags), default=None),
+            "loop_held_100ms": len(re.findall(r"event loop held for", text)),
+            "tracebacks": text.count("Traceback"),
+        }
+
+
+class Sink:
+    def __init__(self, processes: int) -> None:
+        self.port = free_port()
+        self.processes = processes
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Target:
+        self.proc = subprocess.Popen(  # noqa: S603 - our own script
+            [
+                sys.executable,
+                str(ROOT / "bench" / "sink.py"),
+                "--port",
+                str(self.port),
+                "--processes",
+                str(self.processes),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_greeting(self.port, self.proc, 60)
+        return Target("sink", self.port, self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+class Postfix:
+    """The anchor: Postfix submission with Dovecot SASL (needs root)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.note = ""
+
+    def start(self) -> Target | None:
+        if not POSTFIX_ANCHOR.exists():
+            self.note = f"{POSTFIX_ANCHOR} not found"
+            return None
+        if os.geteuid() != 0:
+            self.note = "not root"
+            return None
+        try:
+            subprocess.run(  # noqa: S603 - the shared anchor script
+                ["/bin/bash", str(POSTFIX_ANCHOR), "start"],
+                check=True,
+                capture_output=True,
+                timeout=600,
+                stdin=subprocess.DEVNULL,
+            )
+        except (subprocess.SubprocessError, OSError) as error:
+            stderr = getattr(error, "stderr", b"") or b""
+            self.note = f"could not start: {error} {stderr.decode(errors='replace')[-500:]}"
+            return None
+        self.started = True
+        wait_for_greeting(POSTFIX_PORT, None, 60)
+        try:
+            pid = int(Path("/var/spool/postfix/pid/master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = 0
+        return Target("Postfix", POSTFIX_PORT, pid)
+
+    def stop(self) -> None:
+        if self.started:
+            subprocess.run(  # noqa: S603 - the shared anchor script
+                ["/bin/bash", str(POSTFIX_ANCHOR), "stop"],
+                check=False,
+                capture_output=True,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+            )
+
+
+def temporary_postgres(url: str, suffix: str) -> tuple[str, Any]:
+    """A new empty database on the server at ``url``; returns its URL and a dropper."""
+    import psycopg
+
+    name = f"kumosubmit_bench_{os.getpid()}_{suffix}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return url.rsplit("/", 1)[0] + "/" + name, drop
+
+
+# -- running the load ------------------------------------------------------------------
+
+
+def load(target: Target, plan: Plan, **options: Any) -> dict[str, Any]:
+    config = loadgen.Config(
+        port=target.port,
+        user=target.user,
+        password=PASSWORD,
+        sender="load{n}@" + SENDER_DOMAIN,
+        processes=plan.processes,
+        server_pid=target.pid,
+        label=target.name,
+        **options,
+    )
+    result = loadgen.run(config)
+    figures = {k: v for k, v in result.items() if k != "server_processes"}
+    print("   ", json.dumps(figures), flush=True)
+    return result
+
+
+def run_sections(
+    sections: list[str],
+    plan: Plan,
+    targets: dict[str, Target],
+    kumo_idle: Kumosubmit | None,
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    if "limit" in sections:
+        print(f"== physical limit ({plan.limit_seconds:g} s)", flush=True)
+        results["limit"] = physical_limit(plan.limit_seconds)
+        print("   ", json.dumps(results["limit"]), flush=True)
+    if "auth" in sections:
+        print("== AUTH per second (connect, STARTTLS, AUTH PLAIN, QUIT)", flush=True)
+        results["auth"] = {
+            name: {
+                c: load(target, plan, scenario="auth", concurrency=c, duration=plan.auth_seconds)
+                for c in plan.auth_concurrency
+            }
+            for name, target in targets.items()
+        }
+    if "messages" in sections:
+        print("== messages per second, 10 KB", flush=True)
+        results["messages"] = {
+            name: {
+                f"{n}x{c}": load(
+                    target,
+                    plan,
+                    scenario="messages",
+                    per_session=n,
+                    concurrency=c,
+                    duration=plan.message_seconds,
+                )
+                for n in plan.per_session
+                for c in plan.message_concurrency
+            }
+            for name, target in targets.items()
+        }
+    if "mixed" in sections:
+        print("== mixed: 1 message per session at concurrency 8, 8 clients authenticating")
+        results["mixed"] = {
+            name: load(
+                target,
+                plan,
+                scenario="mixed",
+                per_session=1,
+                concurrency=8,
+                auth_clients=8,
+                duration=plan.mixed_seconds,
+            )
+            for name, target in targets.items()
+            if name != "sink"
+        }
+    if "large" in sections:
+        print(f"== large: {plan.large_size:,} bytes, one at a time", flush=True)
+        results["large"] = {
+            name: load(target, plan, scenario="large", size=plan.large_size, count=plan.large_count)
+            for name, target in targets.items()
+        }
+    if "idle" in sections and kumo_idle is not None:
+        print(f"== idle: {plan.idle_sessions} authenticated TLS sessions held", flush=True)
+        target = kumo_idle.start()
+        try:
+            results["idle"] = load(
+                target,
+                plan,
+                scenario="idle",
+                sessions=plan.idle_sessions,
+                timeout=120,
+            )
+        finally:
+            results["idle"]["server"] = kumo_idle.stop()
+            print("   ", json.dumps(results["idle"]["server"]), flush=True)
+    return results
+
+
+# -- the table ---------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _errors(result: dict[str, Any] | None) -> str:
+    if not result or not result.get("errors"):
+        return ""
+    return " err " + ",".join(f"{k}:{v}" for k, v in result["errors"].items())
+
+
+def _rate_cell(result: dict[str, Any] | None, digits: int) -> str:
+    if not result:
+        return "-"
+    return f"{result['rate']:.{digits}f}/s p99 {_fmt(result['p99_ms'], 'ms', 0)}{_errors(result)}"
+
+
+def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
+    """Each issue-5 target: the figures, the threshold, PASS/MISS."""
+    rows: list[dict[str, Any]] = []
+    limit = (results.get("limit") or {}).get("verifications_per_s")
+    auth = results.get("auth") or {}
+    kumo_auth = auth.get("kumosubmit") or {}
+    for c in (8, 32):
+        rate = (kumo_auth.get(c) or {}).get("rate")
+        if rate is not None and limit:
+            threshold = 0.9 * limit
+            rows.append(
+                {
+                    "target": f"AUTH/s at concurrency {c} >= 90 % of the limit",
+                    "value": f"{rate:.1f}/s = {rate / limit:.0%} of {limit:.1f}",
+                    "threshold": f">= {threshold:.1f}/s",
+                    "pass": rate >= threshold,
+                }
+            )
+    mixed = results.get("mixed") or {}
+    kumo_mixed = (mixed.get("kumosubmit") or {}).get("p99_ms")
+    if kumo_mixed is not None:
+        postfix = (mixed.get("Postfix") or {}).get("p99_ms")
+        source = "Postfix" if postfix else "issue's Postfix"
+        postfix = postfix or ISSUE_POSTFIX["mixed_p99_ms"]
+        rows.append(
+            {
+                "target": "mixed: message p99 (1/session, conc 8) <= 1.5 x Postfix",
+                "value": f"{kumo_mixed:.1f} ms",
+                "threshold": f"<= {1.5 * postfix:.1f} ms ({source} {postfix:.1f} ms)",
+                "pass": kumo_mixed <= 1.5 * postfix,
+            }
+        )
+    messages = results.get("messages") or {}
+    kumo_500 = ((messages.get("kumosubmit") or {}).get("500x8") or {}).get("rate")
+    if kumo_500 is not None:
+        postfix = ((messages.get("Postfix") or {}).get("500x8") or {}).get("rate")
+        source = "Postfix" if postfix else "issue's Postfix"
+        postfix = postfix or ISSUE_POSTFIX["messages_500_c8"]
+        rows.append(
+            {
+                "target": "messages/s, 500/session, conc 8, 10 KB >= Postfix",
+                "value": f"{kumo_500:.0f}/s",
+                "threshold": f">= {postfix:.0f}/s ({source})",
+                "pass": kumo_500 >= postfix,
+            }
+        )
+    idle = results.get("idle")
+    if idle:
+        rss = idle.get("rss_held_kib")
+        lag = (idle.get("server") or {}).get("loop_lag_p99_ms")
+        probes_ok = idle.get("probe_codes", {}).get("250", 0) == idle["probes"]
+        ok = (
+            idle["held"] >= idle_target
+            and rss is not None
+            and rss * 1024 < 1e9
+            and probes_ok
+            and lag is not None
+            and lag < 10
+        )
+        rows.append(
+            {
+                "target": f"{idle_target:,} idle TLS sessions < 1 GB, new served, lag p99 < 10 ms",
+                "value": (
+                    f"{idle['held']:,} held, {_fmt(rss and rss / 1024, ' MiB', 0)} "
+                    f"({_fmt(idle.get('per_session_kib'), ' KiB/session')}), "
+                    f"probes {idle.get('probe_codes')}, lag p99 {_fmt(lag, ' ms')}"
+                ),
+                "threshold": "< 1 GB, lag < 10 ms",
+                "pass": ok,
+            }
+        )
+    large = results.get("large") or {}
+    kumo_large = large.get("kumosubmit") or {}
+    if kumo_large.get("p50_ms") is not None:
+        postfix = (large.get("Postfix") or {}).get("p50_ms")
+        source = "Postfix" if postfix else "issue's Postfix"
+        postfix = postfix or ISSUE_POSTFIX["large_ms"]
+        growth = kumo_large.get("growth_kib")
+        size = kumo_large["bytes"]
+        rows.append(
+            {
+                "target": "20 MB message time <= 2 x Postfix",
+                "value": f"{kumo_large['p50_ms']:.0f} ms (median)",
+                "threshold": f"<= {2 * postfix:.0f} ms ({source} {postfix:.0f} ms)",
+                "pass": kumo_large["p50_ms"] <= 2 * postfix,
+            }
+        )
+        if growth is not None:
+            rows.append(
+                {
+                    "target": "20 MB message memory growth < 2 x size",
+                    "value": f"{growth / 1024:.1f} MiB",
+                    "threshold": f"< {2 * size / 2**20:.1f} MiB",
+                    "pass": growth * 1024 < 2 * size,
+                }
+            )
+    return rows
+
+
+def print_table(results: dict[str, Any], rows: list[dict[str, Any]], servers: list[str]) -> None:
+    names = [n for n in ("kumosubmit", "sink", "Postfix") if n in servers]
+    width = 24
+    head = f"{'':<34}" + "".join(f"{n:>{width}}" for n in names)
+    print()
+    limit = results.get("limit")
+    if limit:
+        print(
+            f"physical limit: {limit['verifications_per_s']:.1f} argon2 verifications/s "
+            f"({limit['processes']} processes, {limit['argon2']})"
+        )
+    if results.get("auth"):
+        print("\nAUTH/s (connect, STARTTLS, AUTH PLAIN, QUIT)   rate, p99 of AUTH")
+        print(head + f"{'% of limit':>12}")
+        concurrencies = sorted({c for by in results["auth"].values() for c in by})
+        for c in concurrencies:
+            line = f"{'concurrency ' + str(c):<34}"
+            for n in names:
+                r = results["auth"].get(n, {}).get(c)
+                cell = _rate_cell(r, 1)
+                line += f"{cell:>{width}}"
+            k = results["auth"].get("kumosubmit", {}).get(c)
+            if k and limit:
+                line += f"{k['rate'] / limit['verifications_per_s']:>12.0%}"
+            print(line)
+    if results.get("messages"):
+        print("\nmessages/s, 10 KB, MAIL..250 p99 (steady state)")
+        print(head)
+        keys = list(next(iter(results["messages"].values())))
+        for key in keys:
+            n, c = key.split("x")
+            line = f"{n + '/session, conc ' + c:<34}"
+            for name in names:
+                r = results["messages"].get(name, {}).get(key)
+                cell = _rate_cell(r, 0)
+                line += f"{cell:>{width}}"
+            print(line)
+    if results.get("mixed"):
+        print("\nmixed: 1 message/session at conc 8 while 8 clients authenticate")
+        print(head)
+        line = f"{'message p50 / p99':<34}"
+        for name in names:
+            r = results["mixed"].get(name)
+            cell = f"{_fmt(r['p50_ms'], '', 0)} / {_fmt(r['p99_ms'], ' ms', 0)}" if r else "-"
+            line += f"{cell + _errors(r):>{width}}"
+        print(line)
+    if results.get("large"):
+        print("\nlarge message: DATA..250 (median) and server peak memory growth")
+        print(head)
+        line = f"{_fmt(results['large'].get('kumosubmit', {}).get('bytes', 0) / 1e6, ' MB'):<34}"
+        for name in names:
+            r = results["large"].get(name)
+            growth = r and r.get("growth_kib")
+            cell = (
+                f"{_fmt(r['p50_ms'], ' ms', 0)}"
+                + (f" +{growth / 1024:.0f} MiB" if growth is not None and name != "Postfix" else "")
+                if r
+                else "-"
+            )
+            line += f"{cell + _errors(r):>{width}}"
+        print(line)
+    idle = results.get("idle")
+    if idle:
+        print(f"\nidle: {idle['sessions']:,} authenticated TLS sessions (kumosubmit, cheap argon2)")
+        print(
+            f"  held {idle['held']:,} (opened in {idle['open_s']} s){_errors(idle)}; "
+            f"server RSS {_fmt(idle.get('rss_before_kib', 0) / 1024, ' MiB', 0)} -> "
+            f"{_fmt(idle.get('rss_held_kib', 0) / 1024, ' MiB', 0)}, "
+            f"{_fmt(idle.get('per_session_kib'), ' KiB')} per session"
+        )
+        per_process = ", ".join(
+            f"pid {p['pid']}: {p['rss_kib'] / 1024:.0f} MiB, {p['sockets']} sockets"
+            for p in idle.get("server_processes", [])
+        )
+        print(f"  by process: {per_process}")
+        print(
+            f"  new sessions meanwhile: {idle.get('probe_codes')} {idle.get('probe_errors') or ''}"
+            f" AUTH {_fmt(idle.get('probe_auth_ms'), ' ms')}, message "
+            f"{_fmt(idle.get('probe_message_ms'), ' ms')}; loop lag "
+            f"{idle.get('server', {})}"
+        )
+    if rows:
+        print("\nissue 5 targets")
+        for row in rows:
+            verdict = "PASS" if row["pass"] else "MISS"
+            print(f"  {verdict}  {row['target']}: {row['value']} (target {row['threshold']})")
+
+
+def machine() -> str:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    total = ""
+    with contextlib.suppress(OSError):
+        total = Path("/proc/meminfo").read_text().splitlines()[0].split(":")[1].strip()
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {total} RAM, {platform.platform()}, "
+        f"Python {platform.python_version()}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+
+
+@contextlib.contextmanager
+def servers(
+    sections: list[str], options: argparse.Namespace, directory: Path
+) -> Iterator[tuple[dict[str, Target], Kumosubmit | None, str]]:
+    """Start what the sections need; stop everything, whatever happens."""
+    needs_all = any(s in sections for s in ("auth", "messages", "mixed", "large"))
+    kumo = sink = postfix = None
+    drops: list[Any] = []
+    notes = ""
+    targets: dict[str, Target] = {}
+
+    def database(suffix: str) -> str | None:
+        if not options.database_url:
+            return None
+        url, drop = temporary_postgres(options.database_url, suffix)
+        drops.append(drop)
+        return url
+
+    try:
+        if needs_all:
+            print("starting kumosubmit, the sink and Postfix ...", flush=True)
+            kumo = Kumosubmit(directory / "kumosubmit", database("main"), options.workers)
+            targets["kumosubmit"] = kumo.start()
+            sink = Sink(options.workers)
+            targets["sink"] = sink.start()
+            if not options.no_postfix:
+                postfix = Postfix()
+                target = postfix.start()
+                if target is not None:
+                    targets["Postfix"] = target
+                else:
+                    notes = f"Postfix skipped: {postfix.note}"
+                    print(notes, flush=True)
+        kumo_idle = None
+        if "idle" in sections:
+            kumo_idle = Kumosubmit(
+                directory / "idle", database("idle"), options.workers, cheap=True
+            )
+        yield targets, kumo_idle, notes
+        if kumo is not None:
+            targets["kumosubmit"].stopped = kumo.stop()
+            kumo = None
+            print("kumosubmit at shutdown:", json.dumps(targets["kumosubmit"].stopped), flush=True)
+    finally:
+        if kumo is not None:
+            kumo.stop()
+        if sink is not None:
+            sink.stop()
+        if postfix is not None:
+            postfix.stop()
+        for drop in drops:
+            drop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short durations, small counts")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, metavar="SECTION", help=", ".join(SECTIONS)
+    )
+    parser.add_argument("--json", metavar="PATH", type=Path, help="write every figure here")
+    parser.add_argument("--database-url", metavar="URL", help="PostgreSQL server to use")
+    parser.add_argument("--workers", type=int, default=2, help="runsmtpd --workers (and sink)")
+    parser.add_argument("--idle-sessions", type=int, help="idle sessions to hold (10000)")
+    parser.add_argument("--no-postfix", action="store_true", help="leave Postfix out")
+    options = parser.parse_args(argv)
+    plan = Plan.quick() if options.quick else Plan()
+    if options.idle_sessions:
+        plan.idle_sessions = options.idle_sessions
+    sections = options.only or list(SECTIONS)
+    loadgen.raise_fd_limit()  # inherited by the servers started from here
+
+    started = time.monotonic()
+    info = machine()
+    print(f"machine: {info}", flush=True)
+    directory = Path(tempfile.mkdtemp(prefix="kumosubmit-bench-"))
+    try:
+        with servers(sections, options, directory) as (targets, kumo_idle, notes):
+            results = run_sections(sections, plan, targets, kumo_idle)
+        if "kumosubmit" in targets:
+            results["kumosubmit_server"] = targets["kumosubmit"].stopped
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    rows = verdicts(results, plan.idle_sessions)
+    print_table(results, rows, list(targets) or ["kumosubmit"])
+    elapsed = time.monotonic() - started
+    print(f"\n{info}\nrun took {elapsed:.0f} s. {notes}")
+    if options.json:
+        options.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "quick": options.quick,
+                    "elapsed_s": round(elapsed),
+                    "notes": notes,
+                    "results": results,
+                    "targets": rows,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

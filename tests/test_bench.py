@@ -1,0 +1,165 @@
+"""bench/ keeps working: the load generator against a live listener, the sink, the limit.
+
+Tiny counts, so this guards against rot, not for figures (those are docs/benchmarks.md's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.live import LiveSMTPServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGIN = "load1@example.com"
+PASSWORD = "pw"
+
+
+def loadgen(port: int, *args: str) -> dict[str, Any]:
+    """Run bench/loadgen.py as a real process (its own worker processes too)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "loadgen.py"),
+            "--port",
+            str(port),
+            "--user",
+            "load{n}@example.com",
+            "--users",
+            "1",
+            "--password",
+            PASSWORD,
+            "--sender",
+            "load{n}@example.com",
+            "--timeout",
+            "20",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def server(smtp_server: LiveSMTPServer, make_login) -> LiveSMTPServer:
+    make_login(LOGIN, PASSWORD)
+    return smtp_server
+
+
+def test_auth_over_two_processes(server: LiveSMTPServer) -> None:
+    result = loadgen(
+        server.starttls_port, "--scenario", "auth", "--concurrency", "2", "--processes", "2",
+        "--count", "6", "--duration", "20",
+    )  # fmt: skip
+    assert result["errors"] == {}
+    assert result["count"] == 6 == result["auths"] == result["sessions"]
+    assert result["rate"] > 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+def test_messages_are_stored(server: LiveSMTPServer) -> None:
+    from kumosubmit.spool.models import Message
+
+    result = loadgen(
+        server.starttls_port, "--scenario", "messages", "--concurrency", "2",
+        "--per-session", "3", "--count", "8", "--size", "2048", "--duration", "20",
+    )  # fmt: skip
+    assert result["errors"] == {}
+    assert result["count"] == 8
+    # 2 sessions opened before the clock, then more after each 3 messages.
+    assert result["sessions"] >= 3
+    assert result["p99_ms"] > 0
+    server.settle()
+    stored = list(Message.objects.all())
+    assert len(stored) == 8
+    assert all(m.authn_id == LOGIN and m.size > 2048 for m in stored)
+
+
+def test_mixed_measures_messages_while_others_authenticate(server: LiveSMTPServer) -> None:
+    result = loadgen(
+        server.starttls_port, "--scenario", "mixed", "--concurrency", "1",
+        "--auth-clients", "1", "--duration", "1", "--size", "1024",
+    )  # fmt: skip
+    assert result["errors"] == {}
+    assert result["count"] >= 1
+    # The helper's AUTHs come on top of one per message.
+    assert result["auths"] > result["count"]
+
+
+def test_idle_sessions_held_and_a_new_one_served(server: LiveSMTPServer) -> None:
+    result = loadgen(
+        server.starttls_port, "--scenario", "idle", "--sessions", "10", "--processes", "2",
+        "--probes", "2", "--server-pid", str(os.getpid()),
+    )  # fmt: skip
+    assert result["errors"] == {}
+    assert result["held"] == 10 == result["still_open_at_end"]
+    assert result["probe_codes"] == {"235": 2, "250": 2}
+    assert result["rss_held_kib"] > 0
+    assert result["per_session_kib"] is not None
+
+
+def test_large_message(server: LiveSMTPServer) -> None:
+    result = loadgen(
+        server.starttls_port, "--scenario", "large", "--size", "1000000", "--count", "1",
+        "--server-pid", str(os.getpid()),
+    )  # fmt: skip
+    assert result["errors"] == {}
+    assert result["count"] == 1
+    assert result["bytes"] > 990_000
+    assert result["growth_kib"] is not None
+
+
+def test_sink_accepts_anyone() -> None:
+    port = free_port()
+    sink = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "sink.py"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert sink.stdout is not None
+        assert sink.stdout.readline().strip() == "ready"
+        result = loadgen(
+            port, "--scenario", "messages", "--concurrency", "2", "--per-session", "2",
+            "--count", "4", "--password", "anything at all", "--duration", "20",
+        )  # fmt: skip
+    finally:
+        sink.terminate()
+        sink.communicate(timeout=10)
+    assert result["errors"] == {}
+    assert result["count"] == 4
+
+
+def test_submission_limit_section(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "submission.py"),
+            "--quick",
+            "--only",
+            "limit",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "argon2 verifications/s" in done.stdout
+    figures = json.loads(out.read_text())["results"]["limit"]
+    assert figures["verifications_per_s"] > 0
+    assert figures["processes"] == os.cpu_count()
