@@ -222,6 +222,14 @@ def _check_numbers() -> list[Error | Warning]:
                     id="kumosubmit.E011",
                 )
             )
+    niceness = app_settings.ARGON2_NICENESS
+    if not _is_whole(niceness, 0, 19):
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['ARGON2_NICENESS'] must be a whole number 0-19, not {niceness!r}.",
+                id="kumosubmit.E011",
+            )
+        )
     ttl = app_settings.AUTH_CACHE_TTL
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
         errors.append(

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     # (kumosubmit/credentials/authcache.py). At most AUTH_CACHE_SIZE pairs per process.
     "AUTH_CACHE_TTL": 0,
     "AUTH_CACHE_SIZE": 100_000,
+    # How much lower than the rest of the process the argon2 threads run (Unix nice
+    # increment, 0-19): an AUTH burst must not starve the sessions' event loop.
+    "ARGON2_NICENESS": 10,
     # Threads that run argon2 (each verify may itself use `parallelism` lanes).
     "ARGON2_THREADS": None,  # None: the number of CPUs
     # Where accepted messages go: a BaseSpool subclass by dotted path.

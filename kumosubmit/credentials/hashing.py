@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -57,8 +59,36 @@ def dummy_hash() -> str:
 @functools.cache
 def _executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
-        max_workers=app_settings.argon2_threads, thread_name_prefix="kumosubmit-argon2"
+        max_workers=app_settings.argon2_threads,
+        thread_name_prefix="kumosubmit-argon2",
+        initializer=_lower_priority,
+        initargs=(app_settings.ARGON2_NICENESS,),
     )
+
+
+def _lower_priority(increment: int) -> None:
+    """Make this pool thread (and the lane threads argon2 starts from it) yield the CPU.
+
+    A burst of AUTHs would otherwise take every core from the event loops and the
+    database thread on equal terms, and every open session would wait behind the
+    hashing. Linux keeps a nice value per thread, and new threads inherit it.
+    """
+    if not increment or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+    except OSError:  # a sandbox that forbids it: run at the process's priority
+        pass
+
+
+def pool_thread_niceness() -> list[int]:
+    """The nice value of each argon2 pool thread started so far (for tests and operators)."""
+    return [
+        os.getpriority(os.PRIO_PROCESS, thread.native_id)
+        for thread in threading.enumerate()
+        if thread.name.startswith("kumosubmit-argon2") and thread.native_id is not None
+    ]
 
 
 @sensitive_variables()

@@ -1,0 +1,33 @@
+"""The argon2 pool runs below the rest of the process, so an AUTH burst cannot starve sessions."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from kumosubmit.conf import DEFAULTS
+from kumosubmit.credentials import hashing
+from tests.live import plain_blob, quitting
+
+ALICE = "alice@example.com"
+PASSWORD = "correct horse battery"
+
+
+def test_pool_threads_and_argon2_lanes_run_at_lower_priority(smtp_server, make_login):
+    make_login(ALICE, PASSWORD)
+    with quitting(smtp_server.starttls()) as client:
+        assert client.docmd("AUTH", "PLAIN " + plain_blob("", ALICE, PASSWORD))[0] == 235
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    expected = min(19, base + DEFAULTS["ARGON2_NICENESS"])
+    niceness = hashing.pool_thread_niceness()
+    assert niceness and set(niceness) == {expected}
+    # Threads started from a pool thread (as argon2 starts one per lane) inherit it.
+    seen = hashing._executor().submit(
+        lambda: (
+            ThreadPoolExecutor(1)
+            .submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            .result()
+        )
+    )
+    assert seen.result() == expected
