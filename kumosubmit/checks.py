@@ -176,6 +176,7 @@ def _check_brute_force() -> list[Error | Warning]:
 _POSITIVE = (
     "PROXY_TIMEOUT",
     "MAX_MESSAGE_SIZE",
+    "DATA_MEMORY_BUDGET",
     "IDLE_TIMEOUT",
     "SHUTDOWN_TIMEOUT",
     "HOOK_TIMEOUT",
@@ -200,6 +201,16 @@ def _check_numbers() -> list[Error | Warning]:
                     id="kumosubmit.E011",
                 )
             )
+    budget, largest = app_settings.DATA_MEMORY_BUDGET, app_settings.MAX_MESSAGE_SIZE
+    if _is_number(budget) and _is_number(largest) and 0 < budget < largest:
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['DATA_MEMORY_BUDGET'] ({budget}) is below MAX_MESSAGE_SIZE "
+                f"({largest}): a message of the largest size could never be held.",
+                hint="Raise DATA_MEMORY_BUDGET to a few times MAX_MESSAGE_SIZE.",
+                id="kumosubmit.E015",
+            )
+        )
     if app_settings.BARE_LINE_ENDINGS not in ("reject", "normalize"):
         errors.append(
             Error(
