@@ -198,6 +198,7 @@ _POSITIVE = (
     "PROXY_TIMEOUT",
     "AUTH_CACHE_SIZE",
     "MAX_MESSAGE_SIZE",
+    "DATA_MEMORY_BUDGET",
     "IDLE_TIMEOUT",
     "SHUTDOWN_TIMEOUT",
     "HOOK_TIMEOUT",
@@ -236,6 +237,16 @@ def _check_numbers() -> list[Error | Warning]:
             Error(
                 f"KUMOSUBMIT['AUTH_CACHE_TTL'] must be seconds (0: off), not {ttl!r}.",
                 id="kumosubmit.E011",
+            )
+        )
+    budget, largest = app_settings.DATA_MEMORY_BUDGET, app_settings.MAX_MESSAGE_SIZE
+    if _is_number(budget) and _is_number(largest) and 0 < budget < largest:
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['DATA_MEMORY_BUDGET'] ({budget}) is below MAX_MESSAGE_SIZE "
+                f"({largest}): a message of the largest size could never be held.",
+                hint="Raise DATA_MEMORY_BUDGET to a few times MAX_MESSAGE_SIZE.",
+                id="kumosubmit.E015",
             )
         )
     if app_settings.BARE_LINE_ENDINGS not in ("reject", "normalize"):

@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "HOSTNAME": None,
     # Largest message accepted, in bytes; advertised with SIZE (RFC 1870).
     "MAX_MESSAGE_SIZE": 35_000_000,
+    # Bytes of message data one worker process holds in memory at once, over all its
+    # sessions (a message is held from DATA until it is stored). Beyond it, clients get
+    # "452 4.3.1 Insufficient system storage" and retry later. At least MAX_MESSAGE_SIZE.
+    "DATA_MEMORY_BUDGET": 256 * 1024 * 1024,
     # Seconds a client may stay silent before the connection is closed.
     "IDLE_TIMEOUT": 300,
     # Listener processes runsmtpd runs (None: the number of CPUs).

@@ -89,3 +89,11 @@ def test_limits_must_be_positive_numbers(settings, overrides):
 
 def test_bare_line_endings_choice(settings):
     assert ids(settings, BARE_LINE_ENDINGS="allow") == ["kumosubmit.E012"]
+
+
+def test_data_memory_budget_must_hold_the_largest_message(settings):
+    assert ids(settings, DATA_MEMORY_BUDGET=0) == ["kumosubmit.E011"]
+    assert ids(settings, DATA_MEMORY_BUDGET=10_000_000, MAX_MESSAGE_SIZE=20_000_000) == [
+        "kumosubmit.E015"
+    ]
+    assert ids(settings, DATA_MEMORY_BUDGET=20_000_000, MAX_MESSAGE_SIZE=20_000_000) == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import logging
-import re
 import traceback
 import uuid
 from email.parser import BytesHeaderParser
@@ -33,6 +32,7 @@ from kumosubmit.meta import (
 )
 from kumosubmit.protocol import replies
 from kumosubmit.protocol.addresses import is_mailbox, is_recipient
+from kumosubmit.protocol.data import declared_size
 from kumosubmit.protocol.sasl import (
     PlainCredentials,
     SaslError,
@@ -277,6 +277,11 @@ class SubmissionHandler:
             senders = await self._sender_policy(session)
             if not senders.permits("" if address == NULL_SENDER else address):
                 return replies.SENDER_NOT_ALLOWED
+        size = declared_size(mail_options)
+        if size and size > server.state.budget.available():
+            # RFC 1870 section 6.1: a temporary lack of room for a message this big.
+            server.report_no_storage(size)
+            return replies.INSUFFICIENT_STORAGE
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return replies.SENDER_OK
@@ -309,21 +314,20 @@ class SubmissionHandler:
     ) -> str:
         meta = server.meta
         queue_id = uuid.uuid4().hex
-        original = envelope.original_content
-        assert isinstance(original, bytes)
+        # The one buffer protocol/data.py read the message into: dot-unstuffed, bare
+        # line endings already refused or normalized. Not copied from here on.
+        content = envelope.original_content
+        assert isinstance(content, bytearray)
         if app_settings.CHECK_HEADER_FROM and not header_senders_permitted(
-            original, await self._sender_policy(session)
+            content, await self._sender_policy(session)
         ):
             return replies.HEADER_FROM_NOT_ALLOWED
-        if has_bare_line_ending(original):
-            # SMTP smuggling: a next hop that ends DATA at <LF>.<LF> would see two messages.
-            if server.limits.bare_line_endings != "normalize":
-                return replies.BARE_LINE_ENDING
-            original = normalize_line_endings(original)
+        # The trace header goes in front, in place (a realloc, not a second copy).
+        content[:0] = received_header(server, envelope, queue_id)
         message = SpooledMessage(
             mail_from="" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from),
             rcpt_tos=list(envelope.rcpt_tos),
-            content=received_header(server, envelope, queue_id) + original,
+            content=content,
             meta=message_meta(meta),
             queue_id=queue_id,
         )
@@ -336,25 +340,13 @@ class SubmissionHandler:
         return replies.queued(message.queue_id)
 
 
-def header_senders_permitted(content: bytes, senders: SenderPolicy) -> bool:
+def header_senders_permitted(content: bytes | bytearray, senders: SenderPolicy) -> bool:
     """Whether the message has From: addresses and the session may send as each of them."""
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(content)
+    end = content.find(b"\r\n\r\n")
+    header = content[: end + 4] if end != -1 else content  # not the whole body
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(bytes(header))
     addresses = [address for _, address in getaddresses(headers.get_all("From", []))]
     return bool(addresses) and all(address and senders.permits(address) for address in addresses)
-
-
-def has_bare_line_ending(data: bytes) -> bool:
-    """Whether ``data`` has a CR or LF that is not part of a CRLF."""
-    crlf = data.count(b"\r\n")
-    return data.count(b"\r") != crlf or data.count(b"\n") != crlf
-
-
-def normalize_line_endings(data: bytes) -> bytes:
-    """Every CR, LF and CRLF becomes CRLF (Postfix's behaviour)."""
-    return _LINE_ENDING.sub(b"\r\n", data)
-
-
-_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 
 def message_meta(meta: dict[str, Any]) -> dict[str, Any]:

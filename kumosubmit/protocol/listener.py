@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ipaddress
 import logging
 import os
@@ -18,7 +19,8 @@ from kumosubmit.conf import app_settings
 from kumosubmit.credentials import hashing
 from kumosubmit.db import close_db
 from kumosubmit.looplag import LoopLagMonitor
-from kumosubmit.protocol import replies
+from kumosubmit.protocol import replies, tls
+from kumosubmit.protocol.budget import MemoryBudget
 from kumosubmit.protocol.handler import SubmissionHandler
 from kumosubmit.protocol.server import Limits, SubmissionSMTP
 
@@ -51,6 +53,8 @@ class ServerState:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     draining: bool = False
     per_address: collections.Counter[str | None] = field(default_factory=collections.Counter)
+    #: Message data held in memory by this process's sessions (DATA_MEMORY_BUDGET).
+    budget: MemoryBudget = field(default_factory=MemoryBudget)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     audit: AuditWriter = field(init=False)
 
@@ -232,6 +236,16 @@ class SubmissionServer:
             limits=Limits.from_settings(),
         )
 
+    def _protocol(
+        self, loop: asyncio.AbstractEventLoop, listener: Listener
+    ) -> asyncio.BaseProtocol:
+        session = self._factory(listener)
+        if not listener.implicit_tls:
+            return session
+        # What create_server(ssl=...) would do, but with a small receive buffer
+        # (tls.SessionSSLProtocol); the session starts once the handshake is done.
+        return tls.server_protocol(loop, session, self.tls_context)
+
     async def start(self, bound: list[BoundListener] | None = None) -> None:
         """Serve on ``bound`` sockets (bound here if not given) and get argon2 ready."""
         if bound is None:
@@ -244,9 +258,8 @@ class SubmissionServer:
                 listener = item.listener
                 for sock in item.sockets:
                     server = await loop.create_server(
-                        lambda listener=listener: self._factory(listener),
+                        functools.partial(self._protocol, loop, listener),
                         sock=sock,
-                        ssl=self.tls_context if listener.implicit_tls else None,
                         backlog=BACKLOG,
                     )
                     self._servers.append(server)

@@ -30,6 +30,10 @@ SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for this login"
 HEADER_FROM_NOT_ALLOWED = "550 5.7.1 From: header address not allowed for this login"
 BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 BARE_LINE_ENDING = "550 5.6.0 Message contains a bare CR or LF; lines must end with CRLF"
+MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 section 4.5.3.1.6)"
+# RFC 1870 section 6.1 and RFC 3463 X.3.1: no room for the message right now (DATA_MEMORY_BUDGET).
+INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage"
 AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"
 
 

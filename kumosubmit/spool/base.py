@@ -10,11 +10,16 @@ from typing import Any
 
 @dataclass
 class SpooledMessage:
-    """One accepted message: the envelope, the exact bytes, and its meta."""
+    """One accepted message: the envelope, the exact bytes, and its meta.
+
+    ``content`` is a ``bytearray`` when it comes from the SMTP listener: the
+    buffer the message was read into, so that a 35 MB message is not copied
+    again on its way to the spool. Backends treat it as read-only.
+    """
 
     mail_from: str
     rcpt_tos: list[str]
-    content: bytes
+    content: bytes | bytearray
     meta: dict[str, Any] = field(default_factory=dict)
     queue_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 

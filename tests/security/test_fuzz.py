@@ -54,7 +54,7 @@ B64_ALPHABET = set(string.ascii_letters + string.digits + "+/=")
 
 # -- the SASL decoders (pure) -------------------------------------------------------------
 
-no_nul_text = st.text(st.characters(exclude_characters="\x00"), max_size=40)
+no_nul_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
 
 
 @PURE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -105,6 +106,7 @@ class Command(BaseCommand):
 
         listeners = self._listeners(options)
         context = self._tls_context(options)
+        self._raise_open_file_limit()
         try:
             server = SubmissionServer(
                 listeners,
@@ -192,6 +194,30 @@ class Command(BaseCommand):
             raise CommandError(_bind_error(where, error)) from error
         exporter.start()
         return exporter
+
+    def _raise_open_file_limit(self) -> None:
+        """Raise the soft RLIMIT_NOFILE to the hard one: each session is a descriptor.
+
+        Many systems start processes with a soft limit of 1024, far below the
+        thousands of idle sessions a worker can hold (MAX_CONNECTIONS); the hard
+        limit is what an unprivileged process may raise it to.
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (ValueError, OSError) as error:
+                self.stderr.write(f"Could not raise the open files limit to {hard}: {error}")
+            else:
+                self.stdout.write(f"Open files limit raised from {soft} to {hard}.")
+                soft = hard
+        # Each worker needs a descriptor per session, and some for listeners and the DB.
+        if soft != resource.RLIM_INFINITY and soft < app_settings.MAX_CONNECTIONS + 100:
+            self.stderr.write(
+                f"The open files limit ({soft}) is below MAX_CONNECTIONS "
+                f"({app_settings.MAX_CONNECTIONS}) + 100: raise it (ulimit -n, or "
+                "LimitNOFILE= in the systemd unit), or some sessions will be refused."
+            )
 
     def _refuse_unapplied_migrations(self) -> None:
         executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
