@@ -18,7 +18,7 @@ from typing import Any
 from django.utils import timezone
 
 from kumosubmit.audit.models import AuthOutcome, ConnectionRecord
-from kumosubmit.db import run_db, storable
+from kumosubmit.db import run_db, sqlite_turn, storable
 from kumosubmit.meta import ConnectionMeta
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def record_for(meta: ConnectionMeta) -> ConnectionRecord:
 
 
 def insert_audit_rows(records: list[ConnectionRecord]) -> None:
-    ConnectionRecord.objects.bulk_create(records)
+    with sqlite_turn():
+        ConnectionRecord.objects.bulk_create(records)
 
 
 async def _store(metas: list[ConnectionMeta]) -> None:

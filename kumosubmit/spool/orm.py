@@ -21,7 +21,7 @@ from functools import partial
 
 from django.db import connection, transaction
 
-from kumosubmit.db import run_db, storable
+from kumosubmit.db import run_db, sqlite_turn, storable
 from kumosubmit.signals import message_stored
 from kumosubmit.spool.base import BaseSpool, SpooledMessage
 from kumosubmit.spool.models import Message
@@ -69,7 +69,7 @@ def store_together(messages: list[SpooledMessage]) -> None:
     """Store ``messages`` in one transaction, committed when this returns."""
     # atomic() so the rows are committed (not merely sent) when this returns, whatever
     # the connection's autocommit state.
-    with transaction.atomic():
+    with sqlite_turn(), transaction.atomic():
         rows = Message.objects.bulk_create([_row(message) for message in messages])
         for row, message in zip(rows, messages, strict=True):
             if _streamed(message):
