@@ -37,7 +37,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
 from kumosubmit import metrics
 from kumosubmit.conf import app_settings
 from kumosubmit.meta import ConnectionMeta
-from kumosubmit.protocol import replies, tls
+from kumosubmit.protocol import addresses, replies, tls
 from kumosubmit.protocol.budget import Reservation
 from kumosubmit.protocol.data import DataReader, declared_size
 
@@ -466,6 +466,21 @@ class SubmissionSMTP(SMTP):
             raise
         except Exception as error:
             raise TLSSetupException() from error
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, with a fast path for the plain ``<local@domain>``.
+
+        aiosmtpd defines a class and runs the email package's full RFC 5322
+        parser at every MAIL and RCPT: a fifth of the CPU a message costs. The
+        common form gives the same answer from one regex.
+        """
+        simple = addresses.split_simple_path(arg)
+        if simple is None:
+            return super()._getaddr(arg)
+        address, rest = simple
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, rest
 
     async def smtp_AUTH(self, arg: str) -> None:
         if self.session is not None and self.session.authenticated:
