@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         from django.test import override_settings
 
         from kumosubmit.conf import DEFAULTS, app_settings
+        from kumosubmit.credentials import hashing
         from tests.live import LiveSMTPServer
         from tests.tlsutil import make_pki
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         with override_settings(KUMOSUBMIT=overrides):
             print(
-                f"argon2 {app_settings.ARGON2}, {app_settings.argon2_threads} thread(s); "
+                f"argon2 {app_settings.ARGON2}, {hashing.pool_size()} thread(s); "
                 f"SQLite; up to {tries} tries of each kind"
             )
             make_logins(tries + 2)

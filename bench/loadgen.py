@@ -42,9 +42,12 @@ import resource
 import ssl
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 # The client reads only short replies; asyncio's TLS transport would allocate 256 KiB per
 # connection to read into, which 10,000 idle sessions cannot afford on the client side.
@@ -75,6 +78,8 @@ class Config:
     sessions: int = 100  # idle
     probes: int = 5  # idle: new sessions tried while the idle ones are held
     open_concurrency: int = 200  # idle: sessions being opened at once (all processes)
+    hold: float = 10.0  # idle: seconds the sessions are held once open (probes included)
+    metrics_url: str = ""  # idle: the server's /metrics, for its loop lag while holding
     server_pid: int = 0
     timeout: float = 60.0
     label: str = ""
@@ -563,6 +568,40 @@ async def _probe(config: Config) -> dict[str, Any]:
     }
 
 
+def loop_lag_histogram(url: str) -> dict[float, float]:
+    """The server's event-loop lag histogram (cumulative counts by upper bound), or {}."""
+    if not url:
+        return {}
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    counts: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "kumosubmit_event_loop_lag_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                counts[bound] = counts.get(bound, 0.0) + sample.value
+    return counts
+
+
+def lag_between(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Loop lag while the sessions were held: samples, the p99's bucket, the share <= 10 ms."""
+    if not before or not after:
+        return {}
+    delta = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = delta[math.inf]
+    if not total:
+        return {"hold_lag_samples": 0}
+    p99_bound = next(bound for bound, count in delta.items() if count >= 0.99 * total)
+    within = max((count for bound, count in delta.items() if bound <= 0.01), default=0.0)
+    return {
+        "hold_lag_samples": int(total),
+        "hold_lag_p99_ms_at_most": p99_bound * 1000 if p99_bound != math.inf else None,
+        "hold_lag_within_10ms": round(within / total, 4),
+    }
+
+
 def run_idle(config: Config) -> dict[str, Any]:
     """Open and hold ``config.sessions``; probe and read the server's memory meanwhile."""
     config.processes = max(1, min(config.processes, config.sessions))
@@ -588,8 +627,12 @@ def run_idle(config: Config) -> dict[str, Any]:
         for r in reports:
             errors.update(r["errors"])
         during = memory_snapshot(config.server_pid) if config.server_pid else None
+        lag_before = loop_lag_histogram(config.metrics_url)
+        hold_until = time.monotonic() + config.hold
         probe = asyncio.run(_probe(config))
         after_probe = memory_snapshot(config.server_pid) if config.server_pid else None
+        time.sleep(max(0.0, hold_until - time.monotonic()))
+        hold_lag = lag_between(lag_before, loop_lag_histogram(config.metrics_url))
     finally:
         release.set()
     finals = [opened.get(timeout=config.timeout) for _ in children]
@@ -604,6 +647,7 @@ def run_idle(config: Config) -> dict[str, Any]:
         "probes": config.probes,
         "errors": dict(errors),
         **probe,
+        **hold_lag,
     }
     if before and during and after_probe:
         grown = during["rss_kib"] - before["rss_kib"]

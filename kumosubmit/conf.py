@@ -8,7 +8,6 @@ missing keys take the defaults below. Values are read at call time, so
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +58,9 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_CACHE_SIZE": 100_000,
     # How much lower than the rest of the process the argon2 threads run (Unix nice
     # increment, 0-19): an AUTH burst must not starve the sessions' event loop.
-    "ARGON2_NICENESS": 10,
+    "ARGON2_NICENESS": 19,
     # Threads that run argon2 (each verify may itself use `parallelism` lanes).
-    "ARGON2_THREADS": None,  # None: the number of CPUs
+    "ARGON2_THREADS": None,  # None: the CPUs shared out among runsmtpd's workers (at least 1)
     # Where accepted messages go: a BaseSpool subclass by dotted path.
     "SPOOL_BACKEND": "kumosubmit.spool.orm.DatabaseSpool",
     # Relaying stored messages to the upstream MTA (runrelay; docs/relay.md, checks E020).
@@ -147,10 +146,6 @@ class AppSettings:
         if self.DATA_DIR:
             return Path(self.DATA_DIR)
         return Path(getattr(settings, "BASE_DIR", Path.cwd())) / "var"
-
-    @property
-    def argon2_threads(self) -> int:
-        return int(self.ARGON2_THREADS or os.cpu_count() or 1)
 
 
 app_settings = AppSettings()

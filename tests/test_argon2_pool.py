@@ -31,3 +31,16 @@ def test_pool_threads_and_argon2_lanes_run_at_lower_priority(smtp_server, make_l
         )
     )
     assert seen.result() == expected
+
+
+def test_workers_share_the_cores_out(settings):
+    cores = os.cpu_count() or 1
+    try:
+        hashing.share_cores_with(2)
+        assert hashing.pool_size() == max(1, cores // 2)
+        hashing.share_cores_with(cores * 4)
+        assert hashing.pool_size() == 1
+        settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "ARGON2_THREADS": 3}
+        assert hashing.pool_size() == 3  # the setting wins
+    finally:
+        hashing.share_cores_with(1)

@@ -56,10 +56,32 @@ def dummy_hash() -> str:
     return hasher().hash(secrets.token_urlsafe(32))
 
 
+#: Processes sharing this machine's cores for argon2 (runsmtpd --workers), see pool_size().
+_processes = 1
+
+
+def share_cores_with(processes: int) -> None:
+    """Size each process's pool so that ``processes`` of them together fill the cores.
+
+    argon2 is memory-hard: more verifications at once than cores only make each
+    slower (and thrash the caches), so N workers get cores/N threads each,
+    unless ``ARGON2_THREADS`` says otherwise. Call before the pool is first used.
+    """
+    global _processes
+    _processes = max(1, processes)
+
+
+def pool_size() -> int:
+    """Threads in this process's argon2 pool."""
+    if app_settings.ARGON2_THREADS:
+        return int(app_settings.ARGON2_THREADS)
+    return max(1, (os.cpu_count() or 1) // _processes)
+
+
 @functools.cache
 def _executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
-        max_workers=app_settings.argon2_threads,
+        max_workers=pool_size(),
         thread_name_prefix="kumosubmit-argon2",
         initializer=_lower_priority,
         initargs=(app_settings.ARGON2_NICENESS,),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import resource
 import signal
@@ -20,6 +21,7 @@ import kumosubmit
 from kumosubmit import metrics
 from kumosubmit.certs import ensure_self_signed
 from kumosubmit.conf import app_settings
+from kumosubmit.credentials import hashing
 from kumosubmit.exporter import Exporter
 from kumosubmit.protocol.listener import (
     BindError,
@@ -119,6 +121,7 @@ class Command(BaseCommand):
         timeout = options["shutdown_timeout"]
         grace = float(app_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
         workers = options["workers"] or app_settings.WORKERS or os.cpu_count() or 1
+        hashing.share_cores_with(workers)
         metrics_address = self._metrics_address(options)
         try:
             bound = bind(listeners)
@@ -151,6 +154,11 @@ class Command(BaseCommand):
             # One hand-off relay per host is enough (and all SQLite allows).
             asyncio.run(self._serve(server, bound, grace, relay=index == 0))
 
+        # What is loaded by now (Django, the app, the settings) lives as long as the process.
+        # Frozen, the cyclic garbage collector no longer walks it at each full pass (and
+        # thousands of new sessions make those passes come often), and forked workers
+        # share it untouched.
+        gc.freeze()
         try:
             if workers == 1:
                 asyncio.run(self._serve(server, bound, grace, on_ready=say_listening))
