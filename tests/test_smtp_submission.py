@@ -159,3 +159,10 @@ def test_replies_carry_enhanced_status_codes(client):
 def test_mail_from_before_ehlo_needs_helo(smtp_server):
     with quitting(smtplib.SMTP("127.0.0.1", smtp_server.starttls_port, timeout=10)) as client:
         assert client.docmd("MAIL FROM:<a@example.com>")[0] == 503
+
+
+def test_help_names_the_commands_and_their_syntax(client):
+    code, text = client.docmd("HELP", "MAIL")
+    assert code == 250 and text.startswith(b"2.0.0 Syntax: MAIL FROM: <address>"), text
+    code, text = client.docmd("HELP")
+    assert code == 250 and b"MAIL" in text and b"RCPT" in text

@@ -22,7 +22,6 @@ import base64
 import binascii
 import collections
 import collections.abc
-import functools
 import ipaddress
 import logging
 import time
@@ -495,7 +494,6 @@ class SubmissionSMTP(SMTP):
     ) -> Callable[[str], Awaitable[None]]:
         """Wrap a command so a draining server can tell idle sessions from busy ones."""
 
-        @functools.wraps(method)
         async def run(arg: str) -> None:
             self._busy = True
             try:
@@ -505,6 +503,9 @@ class SubmissionSMTP(SMTP):
             if self.draining and not self.in_transaction:
                 self.close_for_shutdown()
 
+        # What HELP reads (__smtp_syntax__ ...): the method's own attributes, shared, not
+        # copied as functools.wraps would at every command.
+        run.__dict__ = method.__func__.__dict__  # type: ignore[attr-defined]
         return run
 
     def begin_drain(self) -> None:
