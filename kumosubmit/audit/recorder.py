@@ -61,18 +61,29 @@ def insert_audit_rows(records: list[ConnectionRecord]) -> None:
         ConnectionRecord.objects.bulk_create(records)
 
 
-async def _store(metas: list[ConnectionMeta]) -> None:
-    """Store these rows in one transaction; if that fails, each on its own.
-
-    The sessions have ended by now: a failure (the database down or locked)
-    costs the rows it could not write, which the log says, and nothing else.
-    """
+def _records(metas: list[ConnectionMeta]) -> list[ConnectionRecord]:
+    """The rows of ``metas`` (built in the database thread: a batch is CPU work the loop
+    should not wait for); one that cannot be built is logged and left out."""
     records: list[ConnectionRecord] = []
     for meta in metas:
         try:
             records.append(record_for(meta))
         except Exception:
             log.exception("could not write the audit record of connection %s", meta.get("conn_id"))
+    return records
+
+
+async def _store(metas: list[ConnectionMeta]) -> None:
+    """Store these rows in one transaction; if that fails, each on its own.
+
+    The sessions have ended by now: a failure (the database down or locked)
+    costs the rows it could not write, which the log says, and nothing else.
+    """
+    try:
+        records = await run_db(_records, metas)
+    except Exception:
+        log.exception("could not write %d audit records", len(metas))
+        return
     if len(records) > 1:
         try:
             await run_db(insert_audit_rows, records)
