@@ -58,4 +58,5 @@ class LoopLagMonitor:
         """The 99th percentile of the recent samples, in seconds."""
         if len(self.samples) < 2:
             return self.worst
-        return statistics.quantiles(self.samples, n=100)[98]
+        # "inclusive": within the samples seen (the default extrapolates past the worst).
+        return statistics.quantiles(self.samples, n=100, method="inclusive")[98]

@@ -38,3 +38,11 @@ def test_auth_and_messages_do_not_hold_the_loop(smtp_server, make_login, setting
     assert len(monitor.samples) >= 3
     # Generous for a loaded 2-core CI machine, far below one argon2 verification.
     assert monitor.worst < 0.05, monitor.worst
+
+
+def test_the_p99_never_exceeds_the_worst_sample():
+    from kumosubmit.looplag import LoopLagMonitor
+
+    monitor = LoopLagMonitor()
+    monitor.samples.extend([0.001] * 50 + [0.013])
+    assert monitor.p99 <= monitor.worst == 0.013
