@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from kumosubmit.looplag import LoopLagMonitor
 from tests.live import quitting
 
 ALICE = "alice@example.com"
@@ -41,8 +42,6 @@ def test_auth_and_messages_do_not_hold_the_loop(smtp_server, make_login, setting
 
 
 def test_the_p99_never_exceeds_the_worst_sample():
-    from kumosubmit.looplag import LoopLagMonitor
-
     monitor = LoopLagMonitor()
     monitor.samples.extend([0.001] * 50 + [0.013])
     assert monitor.p99 <= monitor.worst == 0.013
