@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -30,7 +31,7 @@ from kumosubmit.credentials.models import (
     app_password_id,
     normalize_username,
 )
-from kumosubmit.db import run_db
+from kumosubmit.db import run_db, sqlite_turn
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +111,20 @@ def _record_use(candidate: _Candidate, new_hash: str | None, peer: str | None) -
     """Note a good login (and an upgraded hash); False if its app password was revoked meanwhile."""
     used = {"last_used_at": timezone.now(), "last_used_from": peer}
     old_hash = candidate.password_hash
-    if candidate.app_password_pk is not None:
-        # A revocation that lands while the password was being verified wins.
-        rows = AppPassword.objects.filter(pk=candidate.app_password_pk, revoked_at__isnull=True)
-        if not rows.update(**used):
-            return False
-        if new_hash:
-            rows.filter(password_hash=old_hash).update(password_hash=new_hash)
-    elif new_hash:
-        # Only if nobody changed the password meanwhile; an upgrade is no password change.
-        SmtpLogin.objects.filter(pk=candidate.login_pk, password_hash=old_hash).update(
-            password_hash=new_hash
-        )
-    SmtpLogin.objects.filter(pk=candidate.login_pk).update(**used)
+    with sqlite_turn(), transaction.atomic():  # one commit for all of it
+        if candidate.app_password_pk is not None:
+            # A revocation that lands while the password was being verified wins.
+            rows = AppPassword.objects.filter(pk=candidate.app_password_pk, revoked_at__isnull=True)
+            if not rows.update(**used):
+                return False
+            if new_hash:
+                rows.filter(password_hash=old_hash).update(password_hash=new_hash)
+        elif new_hash:
+            # Only if nobody changed the password meanwhile; an upgrade is no password change.
+            SmtpLogin.objects.filter(pk=candidate.login_pk, password_hash=old_hash).update(
+                password_hash=new_hash
+            )
+        SmtpLogin.objects.filter(pk=candidate.login_pk).update(**used)
     return True
 
 

@@ -54,7 +54,7 @@ from django.utils import timezone
 
 from kumosubmit.conf import DEFAULTS, app_settings
 from kumosubmit.credentials.models import AuthFailureCounter, normalize_username
-from kumosubmit.db import run_db
+from kumosubmit.db import run_db, sqlite_turn
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +288,14 @@ def _record_success(keys: Keys, now: datetime) -> None:
     if keys.address is None:
         return
     counters = AuthFailureCounter.objects
+    # Most successes have nothing to forget: a read, not a write transaction (which on
+    # SQLite would queue behind every other writer).
+    if not counters.filter(
+        Q(kind=ADDRESS.value, value=keys.address) | Q(kind=PAIR.value, value=keys.pair)
+    ).exists():
+        return
     # In the order _record_failure locks rows (address, then pair): no deadlock.
-    with transaction.atomic():
+    with sqlite_turn(), transaction.atomic():
         counters.filter(kind=ADDRESS.value, value=keys.address).exclude(
             blocked_until__gt=now
         ).delete()
