@@ -99,7 +99,7 @@ def test_mixed_measures_messages_while_others_authenticate(server: LiveSMTPServe
 def test_idle_sessions_held_and_a_new_one_served(server: LiveSMTPServer) -> None:
     result = loadgen(
         server.starttls_port, "--scenario", "idle", "--sessions", "10", "--processes", "2",
-        "--probes", "2", "--server-pid", str(os.getpid()),
+        "--probes", "2", "--hold", "0.5", "--server-pid", str(os.getpid()),
     )  # fmt: skip
     assert result["errors"] == {}
     assert result["held"] == 10 == result["still_open_at_end"]
