@@ -8,9 +8,12 @@ on: their bookkeeping is part of what every AUTH costs. Argon2 keeps the
 production parameters (kumosubmit.conf DEFAULTS["ARGON2"]) unless
 ``BENCH_ARGON2=cheap``, which the idle-sessions section uses so that 10,000 AUTHs
 take seconds, not the 12 minutes the real parameters would (the memory an idle
-session holds does not depend on the hash it was checked with).
+session holds does not depend on the hash it was checked with). ``BENCH_KUMOSUBMIT``
+(a JSON object) overrides settings, to measure one against another:
+``BENCH_KUMOSUBMIT='{"ARGON2_NICENESS": 0}' bench/submission.py --only mixed``.
 """
 
+import json
 import os
 
 from project.settings import *  # noqa: F403
@@ -26,3 +29,4 @@ KUMOSUBMIT = {
 if os.environ.get("BENCH_ARGON2") == "cheap":
     # OWASP's floor for argon2id (19 MiB, t=2) would still cost 10,000 x ~25 ms.
     KUMOSUBMIT["ARGON2"] = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+KUMOSUBMIT.update(json.loads(os.environ.get("BENCH_KUMOSUBMIT") or "{}"))

@@ -761,10 +761,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="runsmtpd --workers (and sink)")
     parser.add_argument("--idle-sessions", type=int, help="idle sessions to hold (10000)")
     parser.add_argument("--no-postfix", action="store_true", help="leave Postfix out")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        metavar="N",
+        help="run each timed measurement N seconds (the p99s settle with more samples)",
+    )
     options = parser.parse_args(argv)
     plan = Plan.quick() if options.quick else Plan()
     if options.idle_sessions:
         plan.idle_sessions = options.idle_sessions
+    if options.seconds:
+        plan.limit_seconds = plan.auth_seconds = plan.message_seconds = options.seconds
+        plan.mixed_seconds = options.seconds
     sections = options.only or list(SECTIONS)
     loadgen.raise_fd_limit()  # inherited by the servers started from here
 
