@@ -327,13 +327,7 @@ class Postfix:
             self.note = "not root"
             return None
         try:
-            subprocess.run(  # noqa: S603 - the shared anchor script
-                ["/bin/bash", str(POSTFIX_ANCHOR), "start"],
-                check=True,
-                capture_output=True,
-                timeout=600,
-                stdin=subprocess.DEVNULL,
-            )
+            self._anchor("start", check=True, timeout=600)
         except (subprocess.SubprocessError, OSError) as error:
             stderr = getattr(error, "stderr", b"") or b""
             self.note = f"could not start: {error} {stderr.decode(errors='replace')[-500:]}"
@@ -348,13 +342,17 @@ class Postfix:
 
     def stop(self) -> None:
         if self.started:
-            subprocess.run(  # noqa: S603 - the shared anchor script
-                ["/bin/bash", str(POSTFIX_ANCHOR), "stop"],
-                check=False,
-                capture_output=True,
-                timeout=120,
-                stdin=subprocess.DEVNULL,
-            )
+            self._anchor("stop", check=False, timeout=120)
+
+    @staticmethod
+    def _anchor(action: str, *, check: bool, timeout: float) -> None:
+        subprocess.run(  # noqa: S603 - the shared anchor script
+            ["/bin/bash", str(POSTFIX_ANCHOR), action],
+            check=check,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def temporary_postgres(url: str, suffix: str) -> tuple[str, Any]:
