@@ -24,23 +24,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tests.live import LiveSMTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = {
-    "unknown": ("nobody-{n}@example.com", "a guessed password {n}"),
-    "wrong-password": ("known-{n}@example.com", "a wrong password {n}"),
-    "inactive": ("inactive-{n}@example.com", "the right password"),
-}
+PASSWORD = "the right password"  # noqa: S105 - the throwaway logins' password
 TOLERANCE = 0.10
 
 
@@ -60,46 +51,6 @@ def setup_django(directory: Path) -> None:
     call_command("migrate", verbosity=0, interactive=False)
     # One INFO line per connection would drown the figures.
     logging.getLogger("kumosubmit").setLevel(logging.WARNING)
-
-
-def make_logins(count: int) -> None:
-    from kumosubmit.credentials.models import SmtpLogin
-
-    template = SmtpLogin()
-    template.set_password("the right password")  # one real hash, default parameters
-    SmtpLogin.objects.bulk_create(
-        SmtpLogin(
-            username=f"{prefix}-{n}@example.com",
-            password_hash=template.password_hash,
-            is_active=prefix == "known",
-        )
-        for n in range(count)
-        for prefix in ("known", "inactive")
-    )
-
-
-def measure(
-    server: LiveSMTPServer, tries: int, first: int, deadline: float
-) -> dict[str, list[float]]:
-    from tests.live import plain_blob, quitting
-
-    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    rng = random.Random(7)  # noqa: S311 - an order to shuffle, not a secret
-    with quitting(server.starttls()) as client:
-        for n in range(first, first + tries):
-            if time.monotonic() > deadline:
-                break
-            order = list(KINDS)
-            rng.shuffle(order)
-            for kind in order:
-                user, password = (part.format(n=n) for part in KINDS[kind])
-                blob = plain_blob("", user, password)
-                started = time.perf_counter()
-                code, _ = client.docmd("AUTH", "PLAIN " + blob)
-                times[kind].append(time.perf_counter() - started)
-                if code != 535:
-                    raise SystemExit(f"{kind}: expected 535, got {code}")
-    return times
 
 
 def report(times: dict[str, list[float]]) -> dict[str, float]:
@@ -138,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         from kumosubmit.conf import DEFAULTS, app_settings
         from kumosubmit.credentials import hashing
         from tests.live import LiveSMTPServer
+        from tests.refusal_timing import NotRefused, make_logins, measure
         from tests.tlsutil import make_pki
 
         lenient = {
@@ -158,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"argon2 {app_settings.ARGON2}, {hashing.pool_size()} thread(s); "
                 f"SQLite; up to {tries} tries of each kind"
             )
-            make_logins(tries + 2)
+            make_logins(tries + 2, PASSWORD)
             server = LiveSMTPServer(make_pki(directory / "pki"))
             server.start()
             try:
                 deadline = time.monotonic() + options.max_seconds
-                measure(server, 2, first=tries, deadline=deadline)  # warm up
-                times = measure(server, tries, first=0, deadline=deadline)
+                measure(server, PASSWORD, 2, first=tries, deadline=deadline)  # warm up
+                times = measure(server, PASSWORD, tries, first=0, deadline=deadline)
+            except NotRefused as error:
+                raise SystemExit(str(error)) from None
             finally:
                 server.stop()
         connections.close_all()

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,13 +327,7 @@ class Postfix:
             self.note = "not root"
             return None
         try:
-            subprocess.run(  # noqa: S603 - the shared anchor script
-                ["/bin/bash", str(POSTFIX_ANCHOR), "start"],
-                check=True,
-                capture_output=True,
-                timeout=600,
-                stdin=subprocess.DEVNULL,
-            )
+            self._anchor("start", check=True, timeout=600)
         except (subprocess.SubprocessError, OSError) as error:
             stderr = getattr(error, "stderr", b"") or b""
             self.note = f"could not start: {error} {stderr.decode(errors='replace')[-500:]}"
@@ -348,13 +342,17 @@ class Postfix:
 
     def stop(self) -> None:
         if self.started:
-            subprocess.run(  # noqa: S603 - the shared anchor script
-                ["/bin/bash", str(POSTFIX_ANCHOR), "stop"],
-                check=False,
-                capture_output=True,
-                timeout=120,
-                stdin=subprocess.DEVNULL,
-            )
+            self._anchor("stop", check=False, timeout=120)
+
+    @staticmethod
+    def _anchor(action: str, *, check: bool, timeout: float) -> None:
+        subprocess.run(  # noqa: S603 - the shared anchor script
+            ["/bin/bash", str(POSTFIX_ANCHOR), action],
+            check=check,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def temporary_postgres(url: str, suffix: str) -> tuple[str, Any]:
@@ -470,6 +468,9 @@ def run_sections(
 
 # -- the table ---------------------------------------------------------------------------
 
+LABEL_WIDTH = 34
+CELL_WIDTH = 24
+
 
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
     if value is None:
@@ -487,6 +488,37 @@ def _rate_cell(result: dict[str, Any] | None, digits: int) -> str:
     if not result:
         return "-"
     return f"{result['rate']:.{digits}f}/s p99 {_fmt(result['p99_ms'], 'ms', 0)}{_errors(result)}"
+
+
+def _latency_cell(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "-"
+    return f"{_fmt(result['p50_ms'], '', 0)} / {_fmt(result['p99_ms'], ' ms', 0)}{_errors(result)}"
+
+
+def _large_cell(result: dict[str, Any] | None, name: str) -> str:
+    if not result:
+        return "-"
+    growth = result.get("growth_kib")
+    grew = f" +{growth / 1024:.0f} MiB" if growth is not None and name != "Postfix" else ""
+    return f"{_fmt(result['p50_ms'], ' ms', 0)}{grew}{_errors(result)}"
+
+
+def _row(label: str, cells: Iterable[str]) -> str:
+    """One line of the table: a label, then one right-aligned cell per server."""
+    return f"{label:<{LABEL_WIDTH}}" + "".join(f"{cell:>{CELL_WIDTH}}" for cell in cells)
+
+
+def _print_heading(title: str, names: list[str], extra: str = "") -> None:
+    print(f"\n{title}")
+    print(_row("", names) + extra)
+
+
+def _postfix_or_issue(measured: float | None, issue_key: str) -> tuple[float, str]:
+    """Postfix's figure from this run if there is one, else the issue's; and which it is."""
+    if measured:
+        return measured, "Postfix"
+    return ISSUE_POSTFIX[issue_key], "issue's Postfix"
 
 
 def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
@@ -510,9 +542,8 @@ def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
     mixed = results.get("mixed") or {}
     kumo_mixed = (mixed.get("kumosubmit") or {}).get("p99_ms")
     if kumo_mixed is not None:
-        postfix = (mixed.get("Postfix") or {}).get("p99_ms")
-        source = "Postfix" if postfix else "issue's Postfix"
-        postfix = postfix or ISSUE_POSTFIX["mixed_p99_ms"]
+        measured = (mixed.get("Postfix") or {}).get("p99_ms")
+        postfix, source = _postfix_or_issue(measured, "mixed_p99_ms")
         rows.append(
             {
                 "target": "mixed: message p99 (1/session, conc 8) <= 1.5 x Postfix",
@@ -524,9 +555,8 @@ def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
     messages = results.get("messages") or {}
     kumo_500 = ((messages.get("kumosubmit") or {}).get("500x8") or {}).get("rate")
     if kumo_500 is not None:
-        postfix = ((messages.get("Postfix") or {}).get("500x8") or {}).get("rate")
-        source = "Postfix" if postfix else "issue's Postfix"
-        postfix = postfix or ISSUE_POSTFIX["messages_500_c8"]
+        measured = ((messages.get("Postfix") or {}).get("500x8") or {}).get("rate")
+        postfix, source = _postfix_or_issue(measured, "messages_500_c8")
         rows.append(
             {
                 "target": "messages/s, 500/session, conc 8, 10 KB >= Postfix",
@@ -564,9 +594,8 @@ def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
     large = results.get("large") or {}
     kumo_large = large.get("kumosubmit") or {}
     if kumo_large.get("p50_ms") is not None:
-        postfix = (large.get("Postfix") or {}).get("p50_ms")
-        source = "Postfix" if postfix else "issue's Postfix"
-        postfix = postfix or ISSUE_POSTFIX["large_ms"]
+        measured = (large.get("Postfix") or {}).get("p50_ms")
+        postfix, source = _postfix_or_issue(measured, "large_ms")
         growth = kumo_large.get("growth_kib")
         size = kumo_large["bytes"]
         rows.append(
@@ -591,8 +620,6 @@ def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
 
 def print_table(results: dict[str, Any], rows: list[dict[str, Any]], servers: list[str]) -> None:
     names = [n for n in ("kumosubmit", "sink", "Postfix") if n in servers]
-    width = 24
-    head = f"{'':<34}" + "".join(f"{n:>{width}}" for n in names)
     print()
     limit = results.get("limit")
     if limit:
@@ -601,55 +628,31 @@ def print_table(results: dict[str, Any], rows: list[dict[str, Any]], servers: li
             f"({limit['processes']} processes, {limit['argon2']})"
         )
     if results.get("auth"):
-        print("\nAUTH/s (connect, STARTTLS, AUTH PLAIN, QUIT)   rate, p99 of AUTH")
-        print(head + f"{'% of limit':>12}")
-        concurrencies = sorted({c for by in results["auth"].values() for c in by})
-        for c in concurrencies:
-            line = f"{'concurrency ' + str(c):<34}"
-            for n in names:
-                r = results["auth"].get(n, {}).get(c)
-                cell = _rate_cell(r, 1)
-                line += f"{cell:>{width}}"
-            k = results["auth"].get("kumosubmit", {}).get(c)
+        auth = results["auth"]
+        title = "AUTH/s (connect, STARTTLS, AUTH PLAIN, QUIT)   rate, p99 of AUTH"
+        _print_heading(title, names, extra=f"{'% of limit':>12}")
+        for c in sorted({c for by in auth.values() for c in by}):
+            line = _row(f"concurrency {c}", (_rate_cell(auth.get(n, {}).get(c), 1) for n in names))
+            k = auth.get("kumosubmit", {}).get(c)
             if k and limit:
                 line += f"{k['rate'] / limit['verifications_per_s']:>12.0%}"
             print(line)
     if results.get("messages"):
-        print("\nmessages/s, 10 KB, MAIL..250 p99 (steady state)")
-        print(head)
-        keys = list(next(iter(results["messages"].values())))
-        for key in keys:
+        messages = results["messages"]
+        _print_heading("messages/s, 10 KB, MAIL..250 p99 (steady state)", names)
+        for key in next(iter(messages.values())):
             n, c = key.split("x")
-            line = f"{n + '/session, conc ' + c:<34}"
-            for name in names:
-                r = results["messages"].get(name, {}).get(key)
-                cell = _rate_cell(r, 0)
-                line += f"{cell:>{width}}"
-            print(line)
+            cells = (_rate_cell(messages.get(name, {}).get(key), 0) for name in names)
+            print(_row(f"{n}/session, conc {c}", cells))
     if results.get("mixed"):
-        print("\nmixed: 1 message/session at conc 8 while 8 clients authenticate")
-        print(head)
-        line = f"{'message p50 / p99':<34}"
-        for name in names:
-            r = results["mixed"].get(name)
-            cell = f"{_fmt(r['p50_ms'], '', 0)} / {_fmt(r['p99_ms'], ' ms', 0)}" if r else "-"
-            line += f"{cell + _errors(r):>{width}}"
-        print(line)
+        mixed = results["mixed"]
+        _print_heading("mixed: 1 message/session at conc 8 while 8 clients authenticate", names)
+        print(_row("message p50 / p99", (_latency_cell(mixed.get(name)) for name in names)))
     if results.get("large"):
-        print("\nlarge message: DATA..250 (median) and server peak memory growth")
-        print(head)
-        line = f"{_fmt(results['large'].get('kumosubmit', {}).get('bytes', 0) / 1e6, ' MB'):<34}"
-        for name in names:
-            r = results["large"].get(name)
-            growth = r and r.get("growth_kib")
-            cell = (
-                f"{_fmt(r['p50_ms'], ' ms', 0)}"
-                + (f" +{growth / 1024:.0f} MiB" if growth is not None and name != "Postfix" else "")
-                if r
-                else "-"
-            )
-            line += f"{cell + _errors(r):>{width}}"
-        print(line)
+        large = results["large"]
+        _print_heading("large message: DATA..250 (median) and server peak memory growth", names)
+        size = _fmt(large.get("kumosubmit", {}).get("bytes", 0) / 1e6, " MB")
+        print(_row(size, (_large_cell(large.get(name), name) for name in names)))
     idle = results.get("idle")
     if idle:
         print(f"\nidle: {idle['sessions']:,} authenticated TLS sessions (kumosubmit, cheap argon2)")

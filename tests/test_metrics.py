@@ -10,6 +10,7 @@ front of the server is cut.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -128,7 +129,14 @@ def database(tmp_path) -> Iterator[Database]:
         db.close()
 
 
-def start(tmp_path: Path, pki, database: Database, *extra: str) -> tuple[ManageProcess, int, str]:
+@contextlib.contextmanager
+def runsmtpd(
+    tmp_path: Path, pki, database: Database, workers: int
+) -> Iterator[tuple[ManageProcess, int, str]]:
+    """runsmtpd with --metrics-listen, listening: the process, its SMTP port, the metrics URL.
+
+    Killed however the test ends; if it ended well, its metrics directory must be gone.
+    """
     port, metrics_port = free_port(), free_port()
     env = command_env(tmp_path / "data", database.url)
     # The metrics directory runsmtpd makes goes here, to see that it is cleaned up.
@@ -143,10 +151,16 @@ def start(tmp_path: Path, pki, database: Database, *extra: str) -> tuple[ManageP
         *pki.cert_args(),
         "--shutdown-timeout",
         "5",
-        *extra,
+        "--workers",
+        str(workers),
         env=env,
     )
-    return process, port, f"http://127.0.0.1:{metrics_port}"
+    try:
+        process.wait_for("listening on")
+        yield process, port, f"http://127.0.0.1:{metrics_port}"
+    finally:
+        process.kill()
+    assert not os.listdir(tmp_path / "tmp"), "the metrics directory was left behind"
 
 
 def connect(port: int, pki) -> smtplib.SMTP:
@@ -177,9 +191,7 @@ def test_one_process_counts_a_session_and_reports_health(
     tmp_path, pki, make_login, database, transactional_db
 ):
     make_login(ALICE, PASSWORD)
-    process, port, base = start(tmp_path, pki, database, "--workers", "1")
-    try:
-        process.wait_for("listening on")
+    with runsmtpd(tmp_path, pki, database, workers=1) as (process, port, base):
         assert f"Metrics on {base}/metrics, health check on {base}/health." in process.output
         before = scrape(base)
 
@@ -235,10 +247,7 @@ def test_one_process_counts_a_session_and_reports_health(
             client.rcpt(BOB)
             assert client.data(BODY)[0] == 250
         assert process.finish() == 0
-    finally:
-        process.kill()
     assert "Stopped." in process.output
-    assert not os.listdir(tmp_path / "tmp"), "the metrics directory was left behind"
 
 
 def started_pids(output: str) -> list[int]:
@@ -249,9 +258,7 @@ def test_workers_are_summed_and_a_dead_workers_counters_kept(
     tmp_path, pki, make_login, database, transactional_db
 ):
     make_login(ALICE, PASSWORD)
-    process, port, base = start(tmp_path, pki, database, "--workers", "2")
-    try:
-        process.wait_for("listening on")
+    with runsmtpd(tmp_path, pki, database, workers=2) as (process, port, base):
         process.wait_for("worker 1 started")
         before = scrape(base)
         for _ in range(4):
@@ -294,9 +301,6 @@ def test_workers_are_summed_and_a_dead_workers_counters_kept(
         assert_health_follows_the_database(base, database)
         process.signal(signal.SIGTERM)
         assert process.finish() == 0
-    finally:
-        process.kill()
-    assert not os.listdir(tmp_path / "tmp"), "the metrics directory was left behind"
 
 
 def test_a_busy_metrics_port_is_a_one_line_error(tmp_path, pki, transactional_db):
