@@ -92,7 +92,10 @@ async def _store(metas: list[ConnectionMeta]) -> None:
             log.warning("could not write %d audit records at once; trying each", len(records))
     for record in records:
         try:
-            await run_db(record.save)
+            # Through insert_audit_rows even alone: its turn at SQLite's writer (a plain
+            # save() would sleep and retry while another process writes, and every
+            # message queued behind it in the database thread would wait too).
+            await run_db(insert_audit_rows, [record])
         except Exception:
             log.exception("could not write the audit record of connection %s", record.conn_id)
 
