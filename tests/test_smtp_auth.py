@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import smtplib
 import socket
+from datetime import datetime, timedelta
 
 import pytest
+from django.utils import timezone
 
 from kumosubmit.audit.models import ConnectionRecord
 from kumosubmit.credentials.models import SmtpLogin
+from kumosubmit.credentials.service import LAST_USED_PRECISION
 from tests.live import LiveSMTPServer, b64, plain_blob, quitting
 
 ALICE = "alice@example.com"
@@ -202,6 +205,25 @@ def test_good_login_records_last_use(smtp_server, make_login, secret_watch):
     login.refresh_from_db()
     assert login.last_used_at is not None
     assert login.last_used_from == "127.0.0.1"
+
+
+def test_last_use_is_rewritten_once_a_minute_per_address(smtp_server, make_login, secret_watch):
+    # A client that opens a session per message must not cost a write per AUTH
+    # (LAST_USED_PRECISION); a use from a new address is written at once.
+    login = make_login(ALICE, PASSWORD)
+
+    def use_after(at: datetime, where: str) -> SmtpLogin:
+        SmtpLogin.objects.filter(pk=login.pk).update(last_used_at=at, last_used_from=where)
+        with quitting(smtp_server.starttls()) as client:
+            assert auth_plain(client, "", ALICE, PASSWORD, secret_watch)[0] == 235
+        return SmtpLogin.objects.get(pk=login.pk)
+
+    lately = timezone.now() - LAST_USED_PRECISION / 2
+    assert use_after(lately, "127.0.0.1").last_used_at == lately
+    after = use_after(lately, "2001:db8::7")
+    assert after.last_used_from == "127.0.0.1" and after.last_used_at > lately
+    long_ago = timezone.now() - LAST_USED_PRECISION - timedelta(seconds=1)
+    assert use_after(long_ago, "127.0.0.1").last_used_at > lately
 
 
 def test_old_hash_is_upgraded_on_good_login(smtp_server, make_login, secret_watch, settings):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -44,6 +44,12 @@ APP_PASSWORDS_ONLY = "app_passwords_only"
 MUST_CHANGE_PASSWORD = "must_change_password"  # noqa: S105
 AUTHZ_NOT_ALLOWED = "authz_not_allowed"
 
+#: A credential's "last used" is rewritten at most this often from one address. A
+#: client that opens a session per message would otherwise cost a write (a disk
+#: flush, and a turn at SQLite's one writer) per AUTH, which every message being
+#: stored meanwhile waits behind; a new address is always written at once.
+LAST_USED_PRECISION = timedelta(seconds=60)
+
 
 @dataclass(frozen=True)
 class _Candidate:
@@ -57,6 +63,15 @@ class _Candidate:
     app_password_label: str = ""
     # Why even the right password is refused (revoked, expired, ...), or None.
     refusal: str | None = None
+    # The last use already recorded (of the app password too, if one was used).
+    last_used: tuple[tuple[datetime | None, str | None], ...] = ()
+
+    def used_lately(self, now: datetime, peer: str | None) -> bool:
+        """Whether the recorded last use is this address's, within LAST_USED_PRECISION."""
+        return bool(self.last_used) and all(
+            at is not None and now - at < LAST_USED_PRECISION and where == peer
+            for at, where in self.last_used
+        )
 
     @property
     def identity(self) -> str:
@@ -95,6 +110,10 @@ def _find(authc: str, authz: str, public_id: str | None, now: datetime) -> _Cand
                 app_password.pk,
                 app_password.label,
                 refusal=None if status == AppPassword.Status.ACTIVE else str(status),
+                last_used=(
+                    (login.last_used_at, login.last_used_from),
+                    (app_password.last_used_at, app_password.last_used_from),
+                ),
             )
     # Not one of its app passwords: the login's own password. Where policy refuses it, it
     # is still verified (the one verification every attempt costs), so the audit row can
@@ -104,12 +123,26 @@ def _find(authc: str, authz: str, public_id: str | None, now: datetime) -> _Cand
         refusal = APP_PASSWORDS_ONLY
     elif login.must_change_password:
         refusal = MUST_CHANGE_PASSWORD
-    return _Candidate(login.pk, login.password_hash, may_act, refusal=refusal)
+    return _Candidate(
+        login.pk,
+        login.password_hash,
+        may_act,
+        refusal=refusal,
+        last_used=((login.last_used_at, login.last_used_from),),
+    )
 
 
 def _record_use(candidate: _Candidate, new_hash: str | None, peer: str | None) -> bool:
     """Note a good login (and an upgraded hash); False if its app password was revoked meanwhile."""
-    used = {"last_used_at": timezone.now(), "last_used_from": peer}
+    now = timezone.now()
+    if new_hash is None and candidate.used_lately(now, peer):
+        # Nothing to write (LAST_USED_PRECISION); a revocation still wins, through a read.
+        return candidate.app_password_pk is None or (
+            AppPassword.objects.filter(
+                pk=candidate.app_password_pk, revoked_at__isnull=True
+            ).exists()
+        )
+    used = {"last_used_at": now, "last_used_from": peer}
     old_hash = candidate.password_hash
     with sqlite_turn(), transaction.atomic():  # one commit for all of it
         if candidate.app_password_pk is not None:

@@ -23,6 +23,7 @@ from django.db import connection
 
 import kumosubmit.db
 from kumosubmit.audit.models import ConnectionRecord
+from kumosubmit.credentials.models import SmtpLogin
 from kumosubmit.hooks import on, registry, reset
 from kumosubmit.spool.models import Message
 from tests.live import LiveSMTPServer, free_port, plain_blob, quitting
@@ -308,6 +309,9 @@ def test_locked_database_gets_451_and_454_then_service_resumes(
     sending = logged_in(smtp_server)
     sending.mail(ALICE)
     sending.rcpt(BOB)
+    # So that the next AUTH must write its bookkeeping (a use just recorded from this
+    # address is not written again: LAST_USED_PRECISION).
+    SmtpLogin.objects.update(last_used_at=None)
     lock = DatabaseLock()
     try:
         started = time.monotonic()
