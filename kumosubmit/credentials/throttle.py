@@ -302,9 +302,13 @@ def _record_success(keys: Keys, now: datetime) -> None:
         counters.filter(kind=PAIR.value, value=keys.pair).delete()
 
 
-async def record_success(policy: Policy, address: str | None, authc: str) -> None:
-    """Forget the address's failures and the pair's, but not the login's."""
-    await run_db(_record_success, Keys.of(policy, address, authc), timezone.now())
+def forget_failures(policy: Policy, address: str | None, authc: str) -> None:
+    """After a success: forget the address's failures and the pair's, but not the login's.
+
+    Called in the database thread, in the same trip as the session's other work
+    after a good AUTH (kumosubmit/protocol/handler.py).
+    """
+    _record_success(Keys.of(policy, address, authc), timezone.now())
 
 
 def lift(queryset: QuerySet[AuthFailureCounter]) -> int:

@@ -58,7 +58,8 @@ class AuthIdentity:
     def __init__(self, authz: str, authc: str) -> None:
         self.authz = authz
         self.authc = authc
-        self.senders: SenderPolicy | None = None  # loaded at the first MAIL FROM
+        # Loaded with AUTH (_settle_success), or at the first MAIL FROM if that failed.
+        self.senders: SenderPolicy | None = None
 
     def __repr__(self) -> str:
         return f"AuthIdentity(authz={self.authz!r}, authc={self.authc!r})"
@@ -234,16 +235,10 @@ class SubmissionHandler:
                 verdict = None
         if verdict is True:
             meta.record_auth(mechanism, authz, authc, AUTH_SUCCESS)
-            if policy.enabled:
-                try:
-                    await throttle.record_success(policy, address, authc)
-                except Exception:
-                    log.exception("conn %s: could not clear AUTH failures", meta["conn_id"])
-            return AuthResult(
-                success=True,
-                auth_data=AuthIdentity(authz, authc),
-                message=replies.AUTH_SUCCESS,
-            )
+            identity = AuthIdentity(authz, authc)
+            if policy.enabled or app_settings.CHECK_SENDER:
+                await run_db(_settle_success, policy, address, identity, meta["conn_id"])
+            return AuthResult(success=True, auth_data=identity, message=replies.AUTH_SUCCESS)
         if verdict is False:
             meta.record_auth(mechanism, authz, authc, AUTH_FAILURE)
             if policy.enabled:
@@ -338,6 +333,27 @@ class SubmissionHandler:
             return replies.NOT_STORED
         meta.record_message(len(message.content))
         return replies.queued(message.queue_id)
+
+
+def _settle_success(
+    policy: throttle.Policy, address: str | None, identity: AuthIdentity, conn_id: str
+) -> None:
+    """After a good AUTH, in one trip to the database: forget the address's failures, and
+    load what the session may send as (every message's MAIL FROM needs it).
+
+    Neither may cost the client its 235: what fails is logged, and the sender policy
+    is then loaded at MAIL FROM, where a failure gets its own reply.
+    """
+    if policy.enabled:
+        try:
+            throttle.forget_failures(policy, address, identity.authc)
+        except Exception:
+            log.exception("conn %s: could not clear AUTH failures", conn_id)
+    if app_settings.CHECK_SENDER:
+        try:
+            identity.senders = load_policy(identity.authz, identity.authc)
+        except Exception:
+            log.exception("conn %s: could not load the sender policy at AUTH", conn_id)
 
 
 def header_senders_permitted(content: bytes | bytearray, senders: SenderPolicy) -> bool:
