@@ -73,7 +73,7 @@ class Plan:
     message_seconds: float = 8
     per_session: tuple[int, ...] = (1, 20, 500)
     message_concurrency: tuple[int, ...] = (8, 32)
-    mixed_seconds: float = 30
+    mixed_seconds: float = 60
     idle_sessions: int = 10_000
     large_count: int = 3
     large_size: int = 20_000_000
