@@ -237,7 +237,10 @@ class SubmissionHandler:
             meta.record_auth(mechanism, authz, authc, AUTH_SUCCESS)
             identity = AuthIdentity(authz, authc)
             if policy.enabled or app_settings.CHECK_SENDER:
-                await run_db(_settle_success, policy, address, identity, meta["conn_id"])
+                try:
+                    await run_db(_settle_success, policy, address, identity, meta["conn_id"])
+                except Exception:  # the database thread could not even start the work
+                    log.exception("conn %s: could not settle a good AUTH", meta["conn_id"])
             return AuthResult(success=True, auth_data=identity, message=replies.AUTH_SUCCESS)
         if verdict is False:
             meta.record_auth(mechanism, authz, authc, AUTH_FAILURE)
