@@ -61,8 +61,16 @@ def send(port: int, pki, body: bytes = b"Subject: t\r\n\r\nbody\r\n") -> None:
 
 
 def sockets_of(pid: int) -> set[str]:
-    fds = Path(f"/proc/{pid}/fd")
-    return {os.readlink(fd) for fd in fds.iterdir() if os.readlink(fd).startswith("socket:")}
+    """The sockets ``pid`` holds open (an fd it closes while we look is skipped)."""
+    sockets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed between the listing and the readlink
+            continue
+        if target.startswith("socket:"):
+            sockets.add(target)
+    return sockets
 
 
 def test_n_workers_share_the_port(workers, pki):
