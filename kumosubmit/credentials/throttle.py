@@ -284,7 +284,13 @@ async def record_failure(policy: Policy, address: str | None, authc: str) -> Fai
     return failure
 
 
-def _record_success(keys: Keys, now: datetime) -> None:
+def forget_failures(policy: Policy, address: str | None, authc: str) -> None:
+    """After a success: forget the address's failures and the pair's, but not the login's.
+
+    Called in the database thread, in the same trip as the session's other work
+    after a good AUTH (kumosubmit/protocol/handler.py).
+    """
+    keys = Keys.of(policy, address, authc)
     if keys.address is None:
         return
     counters = AuthFailureCounter.objects
@@ -294,21 +300,13 @@ def _record_success(keys: Keys, now: datetime) -> None:
         Q(kind=ADDRESS.value, value=keys.address) | Q(kind=PAIR.value, value=keys.pair)
     ).exists():
         return
+    now = timezone.now()
     # In the order _record_failure locks rows (address, then pair): no deadlock.
     with sqlite_turn(), transaction.atomic():
         counters.filter(kind=ADDRESS.value, value=keys.address).exclude(
             blocked_until__gt=now
         ).delete()
         counters.filter(kind=PAIR.value, value=keys.pair).delete()
-
-
-def forget_failures(policy: Policy, address: str | None, authc: str) -> None:
-    """After a success: forget the address's failures and the pair's, but not the login's.
-
-    Called in the database thread, in the same trip as the session's other work
-    after a good AUTH (kumosubmit/protocol/handler.py).
-    """
-    _record_success(Keys.of(policy, address, authc), timezone.now())
 
 
 def lift(queryset: QuerySet[AuthFailureCounter]) -> int:
