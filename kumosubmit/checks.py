@@ -231,6 +231,10 @@ def _check_numbers() -> list[Error | Warning]:
                 id="kumosubmit.E011",
             )
         )
+    if not isinstance(app_settings.ARGON2_KEEP_MEMORY, bool):
+        errors.append(
+            Error("KUMOSUBMIT['ARGON2_KEEP_MEMORY'] must be True or False.", id="kumosubmit.E011")
+        )
     ttl = app_settings.AUTH_CACHE_TTL
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
         errors.append(

@@ -34,6 +34,7 @@ from passlib.handlers.sha2_crypt import sha256_crypt, sha512_crypt
 
 from kumosubmit import metrics
 from kumosubmit.conf import app_settings, clears_on_setting_change
+from kumosubmit.credentials import argon2_memory
 
 R = TypeVar("R")
 
@@ -133,8 +134,9 @@ def verify(encoded: str | None, password: str) -> tuple[bool, bool]:
         # scheme's time plus that.
         verify(None, password)
         return matches, matches
+    check = argon2_memory.verify if app_settings.ARGON2_KEEP_MEMORY else hasher().verify
     try:
-        hasher().verify(encoded or dummy_hash(), password)
+        check(encoded or dummy_hash(), password)
     except VerifyMismatchError:
         return False, False
     except (VerificationError, InvalidHashError):
