@@ -13,7 +13,8 @@ argon2 still wipes the memory before it hands it back (``clear_internal_memory``
 in its ``free_memory``), and the copy of the password is wiped too
 (``ARGON2_FLAG_CLEAR_PASSWORD``), so nothing derived from a password outlives a
 verification. A hash this module does not parse (an old one without ``v=``, say)
-is verified by argon2-cffi itself.
+is verified by argon2-cffi itself, as every hash is where libffi may not make
+callbacks.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ _ALLOCATION_FAILED: int = lib.ARGON2_MEMORY_ALLOCATION_ERROR
 _kept = threading.local()
 
 
-@ffi.callback("int(uint8_t **, size_t)", error=_ALLOCATION_FAILED)
-def _allocate(memory: Any, size: int) -> int:
+def _allocate_kept(memory: Any, size: int) -> int:
     """argon2's allocate_cbk: this thread's buffer, made (or remade, for another size) here."""
     buffer = getattr(_kept, "buffer", None)
     if buffer is None or len(buffer) != size:
@@ -51,9 +51,18 @@ def _allocate(memory: Any, size: int) -> int:
     return 0
 
 
-@ffi.callback("void(uint8_t *, size_t)")
 def _keep(memory: Any, size: int) -> None:
     """argon2's free_cbk: argon2 has wiped the memory; the thread keeps it for next time."""
+
+
+try:
+    _ALLOCATE = ffi.callback("int(uint8_t **, size_t)", _allocate_kept, error=_ALLOCATION_FAILED)
+    _FREE = ffi.callback("void(uint8_t *, size_t)", _keep)
+except (MemoryError, OSError, RuntimeError):  # a system that refuses libffi's closures
+    _ALLOCATE = _FREE = None
+
+#: For what this module does not verify itself.
+_argon2_cffi = argon2.PasswordHasher()
 
 
 def kept_buffer() -> Any:
@@ -70,8 +79,8 @@ def verify(encoded: str, password: str | bytes) -> bool:
     """As ``argon2.PasswordHasher().verify``: True, or VerifyMismatchError / VerificationError."""
     secret = password.encode() if isinstance(password, str) else password
     match = _PHC_RE.fullmatch(encoded)
-    if match is None:
-        return argon2.PasswordHasher().verify(encoded, secret)
+    if match is None or _ALLOCATE is None:
+        return _argon2_cffi.verify(encoded, secret)
     name, version, memory_cost, time_cost, parallelism, salt_text, hash_text = match.groups()
     try:
         salt, expected = _b64decode(salt_text), _b64decode(hash_text)
@@ -98,8 +107,8 @@ def verify(encoded: str, password: str | bytes) -> bool:
             "lanes": int(parallelism),
             "threads": int(parallelism),
             "version": int(version),
-            "allocate_cbk": _allocate,
-            "free_cbk": _keep,
+            "allocate_cbk": _ALLOCATE,
+            "free_cbk": _FREE,
             "flags": lib.ARGON2_FLAG_CLEAR_PASSWORD,
         },
     )
