@@ -81,8 +81,13 @@ def test_changelog_names_this_version():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"HOOK_TIMEOUT": 0}, {"MAX_ERRORS": -1}, {"IDLE_TIMEOUT": "300"}, {"MAX_RECIPIENTS": True},
-     {"ARGON2_KEEP_MEMORY": "yes"}],
+    [
+        {"HOOK_TIMEOUT": 0},
+        {"MAX_ERRORS": -1},
+        {"IDLE_TIMEOUT": "300"},
+        {"MAX_RECIPIENTS": True},
+        {"ARGON2_KEEP_MEMORY": "yes"},
+    ],
 )
 def test_limits_must_be_positive_numbers(settings, overrides):
     assert ids(settings, **overrides) == ["kumosubmit.E011"]
