@@ -231,10 +231,11 @@ def _check_numbers() -> list[Error | Warning]:
                 id="kumosubmit.E011",
             )
         )
-    if not isinstance(app_settings.ARGON2_KEEP_MEMORY, bool):
-        errors.append(
-            Error("KUMOSUBMIT['ARGON2_KEEP_MEMORY'] must be True or False.", id="kumosubmit.E011")
-        )
+    for key in ("ARGON2_KEEP_MEMORY", "ARGON2_SCHED_IDLE"):
+        if not isinstance(getattr(app_settings, key), bool):
+            errors.append(
+                Error(f"KUMOSUBMIT[{key!r}] must be True or False.", id="kumosubmit.E011")
+            )
     ttl = app_settings.AUTH_CACHE_TTL
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
         errors.append(

@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # How much lower than the rest of the process the argon2 threads run (Unix nice
     # increment, 0-19): an AUTH burst must not starve the sessions' event loop.
     "ARGON2_NICENESS": 19,
+    # And run them under Linux's SCHED_IDLE: a session's thread that wakes up takes the core
+    # from them at once. False: the nice value alone.
+    "ARGON2_SCHED_IDLE": True,
     # Threads that run argon2 (each verify may itself use `parallelism` lanes).
     "ARGON2_THREADS": None,  # None: the CPUs shared out among runsmtpd's workers (at least 1)
     # Each argon2 thread keeps its verification memory (memory_cost KiB) for the next one

@@ -33,6 +33,20 @@ def test_pool_threads_and_argon2_lanes_run_at_lower_priority(smtp_server, make_l
     assert seen.result() == expected
 
 
+def test_pool_threads_and_argon2_lanes_run_under_sched_idle(smtp_server, make_login):
+    """A session's thread that wakes takes the core from an argon2 thread at once."""
+    make_login(ALICE, PASSWORD)
+    with quitting(smtp_server.starttls()) as client:
+        assert client.docmd("AUTH", "PLAIN " + plain_blob("", ALICE, PASSWORD))[0] == 235
+    policies = hashing.pool_thread_policies()
+    assert policies and set(policies) == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER  # only the pool
+    seen = hashing._executor().submit(
+        lambda: ThreadPoolExecutor(1).submit(lambda: os.sched_getscheduler(0)).result()
+    )
+    assert seen.result() == os.SCHED_IDLE  # as argon2's lane threads started from it
+
+
 def test_workers_share_the_cores_out(settings):
     cores = os.cpu_count() or 1
     try:

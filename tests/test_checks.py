@@ -87,6 +87,7 @@ def test_changelog_names_this_version():
         {"IDLE_TIMEOUT": "300"},
         {"MAX_RECIPIENTS": True},
         {"ARGON2_KEEP_MEMORY": "yes"},
+        {"ARGON2_SCHED_IDLE": 1},
     ],
 )
 def test_limits_must_be_positive_numbers(settings, overrides):
