@@ -231,6 +231,15 @@ def _check_numbers() -> list[Error | Warning]:
                 id="kumosubmit.E011",
             )
         )
+    retention = app_settings.AUDIT_RETENTION
+    if retention is not None and (not _is_number(retention) or retention < 0):
+        errors.append(
+            Error(
+                "KUMOSUBMIT['AUDIT_RETENTION'] must be a number of seconds, or None "
+                f"(kept for ever), not {retention!r}.",
+                id="kumosubmit.E011",
+            )
+        )
     for key in ("ARGON2_KEEP_MEMORY", "ARGON2_SCHED_IDLE"):
         if not isinstance(getattr(app_settings, key), bool):
             errors.append(

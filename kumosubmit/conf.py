@@ -68,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
     # instead of mapping and faulting it in anew: about a fifth more verifications per
     # second (kumosubmit/credentials/argon2_memory.py). False: argon2-cffi's own verify.
     "ARGON2_KEEP_MEMORY": True,
+    # Seconds the connection audit log is kept; `pruneaudit` deletes older rows (run it
+    # daily, docs/deploy.md). None: kept for ever.
+    "AUDIT_RETENTION": 90 * 86400,
     # Where accepted messages go: a BaseSpool subclass by dotted path.
     "SPOOL_BACKEND": "kumosubmit.spool.orm.DatabaseSpool",
     # Relaying stored messages to the upstream MTA (runrelay; docs/relay.md, checks E020).

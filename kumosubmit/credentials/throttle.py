@@ -204,15 +204,25 @@ class Failure:
     new_blocks: tuple[Block, ...]  # blocks this failure started
 
 
-def _count(kind: str, value: str, threshold: int | None, policy: Policy, now: datetime) -> None:
-    """Count one failure for one key in a single UPDATE, or INSERT the key's first row."""
+def _stale(policy: Policy, now: datetime) -> Q:
+    """Counters whose next failure starts over: as good as none at all."""
     # A block in force is never reset, even if its last failure is older than WINDOW.
-    stale = ~Q(blocked_until__gt=now) & (
+    return ~Q(blocked_until__gt=now) & (
         Q(failures=0)
         | Q(last_failure_at__isnull=True)
         | Q(last_failure_at__lt=now - policy.window)
         | Q(blocked_until__lte=now)
     )
+
+
+def stale_counters(now: datetime | None = None) -> QuerySet[AuthFailureCounter]:
+    """Counters that can go without changing any delay or block (``pruneaudit``)."""
+    return AuthFailureCounter.objects.filter(_stale(policy(), now or timezone.now()))
+
+
+def _count(kind: str, value: str, threshold: int | None, policy: Policy, now: datetime) -> None:
+    """Count one failure for one key in a single UPDATE, or INSERT the key's first row."""
+    stale = _stale(policy, now)
     block_at_once = threshold is not None and threshold <= 1
     block = now + policy.block_duration
     no_date = Value(None, output_field=DateTimeField())
