@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from kumosubmit.audit.retention import delete_in_batches, expired_records
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials.throttle import stale_counters
+from kumosubmit.management.commands._retention import add_retention_arguments, retention_age
 
 
 class Command(BaseCommand):
@@ -19,23 +20,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--age",
-            type=float,
-            metavar="SECONDS",
-            help="Keep the audit rows of connections started within this many seconds. "
-            "Default: KUMOSUBMIT['AUDIT_RETENTION'].",
-        )
-        parser.add_argument(
-            "--dry-run", action="store_true", help="Only say how many rows it would delete."
+        add_retention_arguments(
+            parser,
+            kept="the audit rows of connections started",
+            default="KUMOSUBMIT['AUDIT_RETENTION'] (90 days)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        age = options["age"]
-        if age is None:
-            age = app_settings.AUDIT_RETENTION
-        if age is not None and age < 0:
-            raise CommandError("--age must be 0 or more.")
+        age = retention_age(options, app_settings.AUDIT_RETENTION)
         records = expired_records(age) if age is not None else None
         counters = stale_counters()
         if options["dry_run"]:

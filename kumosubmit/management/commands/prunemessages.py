@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
+from kumosubmit.management.commands._retention import add_retention_arguments, retention_age
 from kumosubmit.relay.config import relay_settings
 from kumosubmit.relay.retention import expired_content, remove_expired_content
 
@@ -17,26 +18,17 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--age",
-            type=float,
-            metavar="SECONDS",
-            help="Keep the content of messages delivered within this many seconds. "
-            "Default: KUMOSUBMIT['RELAY']['RETENTION'] (7 days).",
-        )
-        parser.add_argument(
-            "--dry-run", action="store_true", help="Only say how many messages it would prune."
+        add_retention_arguments(
+            parser,
+            kept="the content of messages delivered",
+            default="KUMOSUBMIT['RELAY']['RETENTION'] (7 days)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        age = options["age"]
+        age = retention_age(options, relay_settings()["RETENTION"])
         if age is None:
-            age = relay_settings()["RETENTION"]
-            if age is None:
-                self.stdout.write("RELAY['RETENTION'] is None: delivered content is kept.")
-                return
-        if age < 0:
-            raise CommandError("--age must be 0 or more.")
+            self.stdout.write("RELAY['RETENTION'] is None: delivered content is kept.")
+            return
         if options["dry_run"]:
             count = expired_content(age).count()
             self.stdout.write(f"Would remove the content of {count} delivered message(s).")
