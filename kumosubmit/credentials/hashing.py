@@ -112,22 +112,23 @@ def _lower_priority(increment: int, idle: bool) -> None:
         pass
 
 
-def pool_thread_policies() -> list[int]:
-    """The scheduling policy of each argon2 pool thread started so far (``os.SCHED_*``)."""
+def _pool_thread_ids() -> list[int]:
+    """The native ids of the argon2 pool threads started so far."""
     return [
-        os.sched_getscheduler(thread.native_id)
+        thread.native_id
         for thread in threading.enumerate()
         if thread.name.startswith("kumosubmit-argon2") and thread.native_id is not None
     ]
+
+
+def pool_thread_policies() -> list[int]:
+    """The scheduling policy of each argon2 pool thread started so far (``os.SCHED_*``)."""
+    return [os.sched_getscheduler(tid) for tid in _pool_thread_ids()]
 
 
 def pool_thread_niceness() -> list[int]:
     """The nice value of each argon2 pool thread started so far (for tests and operators)."""
-    return [
-        os.getpriority(os.PRIO_PROCESS, thread.native_id)
-        for thread in threading.enumerate()
-        if thread.name.startswith("kumosubmit-argon2") and thread.native_id is not None
-    ]
+    return [os.getpriority(os.PRIO_PROCESS, tid) for tid in _pool_thread_ids()]
 
 
 @sensitive_variables()
