@@ -224,7 +224,7 @@ def db_call(func: Callable[..., Any], seconds: float, *, failed: bool) -> None:
 
 
 def operation_name(func: Callable[..., Any]) -> str:
-    """``load_policy``, ``store_together``, ``ConnectionRecord.save``: a bounded label."""
+    """``load_policy``, ``store_waiting``, ``ConnectionRecord.save``: a bounded label."""
     owner = getattr(func, "__self__", None)
     name = getattr(func, "__name__", type(func).__name__)
     if owner is not None and not isinstance(owner, type):

@@ -4,16 +4,20 @@ The listener's database thread is held busy (as a slow disk or a long
 transaction would) while several sessions end DATA, so their messages wait
 together; on release they are stored, in one transaction on top of the
 first, and every client gets its 250. A message the database refuses inside
-a shared transaction costs only its own session a 451.
+a shared transaction costs only its own session a 451. On SQLite, messages
+that arrive while another process has its turn at the database join the
+batch that waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import smtplib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -70,10 +74,28 @@ def sessions(smtp_server, make_login, settings) -> Iterator[list[smtplib.SMTP]]:
             pass
 
 
+def hold_writer_turn(server: LiveSMTPServer) -> threading.Event:
+    """Hold the SQLite writers' turn, as another worker process committing would."""
+    fd = os.open(f"{connection.settings_dict['NAME']}-writer.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    release = threading.Event()
+
+    def hand_on() -> None:
+        release.wait(30)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    threading.Thread(target=hand_on, daemon=True).start()
+    return release
+
+
 def send_all(
-    smtp_server: LiveSMTPServer, clients: list[smtplib.SMTP], senders: list[str]
+    smtp_server: LiveSMTPServer,
+    clients: list[smtplib.SMTP],
+    senders: list[str],
+    hold: Callable[[LiveSMTPServer], threading.Event] = hold_database_thread,
 ) -> list[int]:
-    """End DATA on every session while the database thread is busy; each final reply code."""
+    """End DATA on every session while ``hold`` keeps the database; each final reply code."""
 
     def send(client: smtplib.SMTP, sender: str) -> int:
         try:
@@ -82,7 +104,7 @@ def send_all(
         except smtplib.SMTPDataError as error:
             return error.smtp_code
 
-    release = hold_database_thread(smtp_server)
+    release = hold(smtp_server)
     with ThreadPoolExecutor(len(clients)) as pool:
         replies = [pool.submit(send, client, s) for client, s in zip(clients, senders, strict=True)]
         try:
@@ -104,6 +126,16 @@ def test_messages_arriving_together_share_a_commit(smtp_server, sessions):
             table = Message._meta.db_table
             cursor.execute(f"SELECT count(DISTINCT xmin::text) FROM {table}")  # noqa: S608
             assert cursor.fetchone()[0] <= 2
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="only SQLite's writers take turns")
+def test_messages_arriving_during_another_writers_turn_join_one_batch(smtp_server, sessions):
+    senders = [f"sender-{n}@example.com" for n in range(SESSIONS)]
+    # The first message's job is already waiting for the turn when the others come.
+    assert send_all(smtp_server, sessions, senders, hold_writer_turn) == [250] * SESSIONS
+    assert sorted(Message.objects.values_list("mail_from", flat=True)) == sorted(senders)
+    # One INSERT, after the turn came: every row has that statement's received_at.
+    assert Message.objects.values("received_at").distinct().count() == 1
 
 
 @pytest.fixture

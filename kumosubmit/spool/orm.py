@@ -3,8 +3,9 @@
 Each commit is a disk flush (SQLite with ``synchronous=FULL``, PostgreSQL's
 WAL): a commit per message would cap a listener at the disk's flush rate and
 keep the one database thread busy. Messages that arrive while a commit is
-under way therefore share the next one (a group commit, as databases do for
-their own log): under load one transaction stores many messages, each
+under way, or while another worker process has its turn at a SQLite file,
+therefore share the next one (a group commit, as databases do for their own
+log): under load one transaction stores many messages, each
 session still hears its ``250`` only after the commit that holds its
 message, and when idle a message is written at once, with no timer. If a
 shared transaction fails, its messages are stored one by one, so a message
@@ -25,6 +26,7 @@ import contextlib
 import functools
 import logging
 import struct
+import threading
 import weakref
 from collections.abc import Iterator
 from functools import partial
@@ -151,12 +153,18 @@ def _insert(messages: list[SpooledMessage], db: BaseDatabaseWrapper) -> None:
 
 def store_together(messages: list[SpooledMessage]) -> None:
     """Store ``messages`` in one transaction, committed when this returns."""
+    with sqlite_turn():
+        _commit(messages)
+
+
+def _commit(messages: list[SpooledMessage]) -> None:
+    """store_together() once this process has its turn at the database (if it takes turns)."""
     db = connections[DEFAULT_DB_ALIAS]  # the thread's own connection, looked up once
     small = [message for message in messages if not _streamed(message, db.vendor)]
     large = [message for message in messages if _streamed(message, db.vendor)]
     # atomic() so the rows are committed (not merely sent) when this returns, whatever
     # the connection's autocommit state.
-    with sqlite_turn(), _checkpoint_deferred(db), transaction.atomic():
+    with _checkpoint_deferred(db), transaction.atomic():
         if small:
             _insert(small, db)
         for message in large:
@@ -270,59 +278,63 @@ def store_each(messages: list[SpooledMessage]) -> list[Exception | None]:
     return outcomes
 
 
+#: A message handed to the group commit, and the future its session waits on.
+_Waiting = tuple[SpooledMessage, "asyncio.Future[None]"]
+
+
 class _GroupCommit:
-    """The messages of one event loop waiting to be stored, and the task that stores them."""
+    """The messages of one event loop waiting to be stored, and the task that stores them.
+
+    The batch is taken in the database thread once this process has its turn
+    at the database (``sqlite_turn``), not when the job is handed over: the
+    messages that arrived while another worker was committing join it, instead
+    of waiting for a turn of their own (one disk flush for them all).
+    """
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._waiting: list[tuple[SpooledMessage, asyncio.Future[None]]] = []
-        self._storing = 0  # messages in the transaction under way
+        # Appended to by the event loop, taken by the database thread.
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._storing: list[_Waiting] = []  # taken, outcome not yet known
         self._unchecked = 0  # bytes about written since the last checkpoint
         self._task: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
         """Messages handed in and not yet answered for."""
-        return len(self._waiting) + self._storing
+        with self._lock:
+            return len(self._waiting) + len(self._storing)
 
     async def store(self, message: SpooledMessage) -> None:
         loop = asyncio.get_running_loop()
         stored: asyncio.Future[None] = loop.create_future()
         # Its session may be gone when the outcome comes: that is no unhandled error.
         stored.add_done_callback(lambda future: future.cancelled() or future.exception())
-        self._waiting.append((message, stored))
+        with self._lock:
+            self._waiting.append((message, stored))
         if self._task is None:
             self._task = loop.create_task(self._run(), name="spool-group-commit")
         # shield: a session that goes away meanwhile must not cancel its neighbours' commit.
         await asyncio.shield(stored)
 
-    def _next_batch(self) -> list[tuple[SpooledMessage, asyncio.Future[None]]]:
-        size = count = 0
-        for count, (message, _) in enumerate(self._waiting, 1):
-            size += len(message.content)
-            if count >= self.max_messages or size >= self.max_bytes:
-                break
-        batch = self._waiting[:count]
-        del self._waiting[:count]
-        return batch
+    def take_batch(self) -> list[_Waiting]:
+        """The messages waiting now, up to the limits (in the database thread)."""
+        with self._lock:
+            size = count = 0
+            for count, (message, _) in enumerate(self._waiting, 1):
+                size += len(message.content)
+                if count >= self.max_messages or size >= self.max_bytes:
+                    break
+            self._storing = self._waiting[:count]
+            del self._waiting[:count]
+            return self._storing
 
     async def _run(self) -> None:
-        batch: list[tuple[SpooledMessage, asyncio.Future[None]]] = []
         try:
-            while self._waiting:
-                batch = self._next_batch()
-                self._storing = len(batch)
-                messages = [message for message, _ in batch]
-                try:
-                    await run_db(store_together, messages)
-                    outcomes: list[Exception | None] = [None] * len(batch)
-                except Exception as error:
-                    if len(batch) == 1:
-                        outcomes = [error]
-                    else:
-                        log.warning("could not store %d messages at once; storing each", len(batch))
-                        outcomes = await run_db(store_each, messages)
+            while self.pending:
+                batch, outcomes = await run_db(store_waiting, self)
                 for (_, stored), outcome in zip(batch, outcomes, strict=True):
                     if stored.done():
                         continue
@@ -330,20 +342,21 @@ class _GroupCommit:
                         stored.set_result(None)
                     else:
                         stored.set_exception(outcome)
-                self._storing = 0
-                batch = []
-                self._unchecked += sum(len(m.content) + MESSAGE_OVERHEAD for m in messages)
+                with self._lock:
+                    self._storing = []
+                self._unchecked += sum(len(m.content) + MESSAGE_OVERHEAD for m, _ in batch)
                 if self._unchecked >= CHECKPOINT_BYTES:
                     self._unchecked = 0
                     await self._checkpoint()
         except BaseException as error:
             # Cancelled (the loop is closing) or broken: nobody may wait for ever, and
             # nobody may hear 250 for a message whose commit is not known to have happened.
-            for _, stored in batch + self._waiting:
+            with self._lock:
+                unanswered = self._storing + self._waiting
+                self._storing, self._waiting = [], []
+            for _, stored in unanswered:
                 if not stored.done():
                     stored.set_exception(RuntimeError("the spool's writer stopped"))
-            self._waiting.clear()
-            self._storing = 0
             if not isinstance(error, Exception):
                 raise
             log.exception("the spool's writer failed")
@@ -357,6 +370,24 @@ class _GroupCommit:
             await run_db(checkpoint)
         except Exception:
             log.warning("could not checkpoint the database's log", exc_info=True)
+
+
+def store_waiting(group: _GroupCommit) -> tuple[list[_Waiting], list[Exception | None]]:
+    """In the database thread: take ``group``'s batch when our turn comes, and store it.
+
+    Its name is the ``operation`` of the ``kumosubmit_db_seconds`` metric.
+    """
+    with sqlite_turn():
+        batch = group.take_batch()
+        messages = [message for message, _ in batch]
+        try:
+            _commit(messages)
+            return batch, [None] * len(batch)
+        except Exception as error:
+            if len(batch) == 1:
+                return batch, [error]
+    log.warning("could not store %d messages at once; storing each", len(batch))
+    return batch, store_each(messages)
 
 
 class DatabaseSpool(BaseSpool):
