@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from kumosubmit.audit.models import ConnectionRecord
 from kumosubmit.credentials.models import AllowedSender, AppPassword, AuthFailureCounter, SmtpLogin
+from kumosubmit.relay.retention import expired_content
 from kumosubmit.spool.models import Message
 
 pytestmark = [
@@ -32,6 +33,8 @@ HOT_PATH = {
     "due messages": lambda: Message.objects.filter(next_attempt_at__lte=timezone.now()).order_by(
         "next_attempt_at", "pk"
     ),
+    # Retention: delivered messages whose content is due to go.
+    "expired content": lambda: expired_content(86400),
     # What the pages and the admin look up in the audit log.
     "audit by login": lambda: ConnectionRecord.objects.filter(authc="alice@example.com"),
     "audit by address": lambda: ConnectionRecord.objects.filter(peer_address="192.0.2.1"),

@@ -82,10 +82,11 @@ class Message(models.Model):
                 condition=Q(next_attempt_at__isnull=False),
                 name="kumosubmit_message_due",
             ),
-            # Retention: delivered rows by age.
+            # Retention: delivered rows by age. Only delivered rows: a new message is not
+            # in it, one index entry fewer in the commit before its 250.
             models.Index(
                 fields=["delivered_at"],
-                condition=Q(content_removed_at__isnull=True),
+                condition=Q(delivered_at__isnull=False, content_removed_at__isnull=True),
                 name="kumosubmit_message_retained",
             ),
         ]
