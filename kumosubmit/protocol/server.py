@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import aiosmtpd.smtp
@@ -133,6 +134,8 @@ class SubmissionSMTP(SMTP):
         self.draining = False
         self._busy = False
         self._raw_replies = False
+        # The lines of a multi-line reply, while it is being built (see _one_write).
+        self._held_lines: list[bytes] | None = None
         self._errors = 0
         self._data_deadline: float | None = None
         self._starttls_protocol: Any = None
@@ -415,6 +418,15 @@ class SubmissionSMTP(SMTP):
                 return
             self._errors += 1
         metrics.reply_sent(status)
+        if self._held_lines is not None:
+            # As aiosmtpd's push() encodes a line.
+            line = (
+                status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+                if isinstance(status, str)
+                else status
+            )
+            self._held_lines.append(line + b"\r\n")
+            return
         await super().push(status)
 
     async def _raw(self, command: Callable[[str], Awaitable[None]], arg: str) -> None:
@@ -425,9 +437,25 @@ class SubmissionSMTP(SMTP):
         finally:
             self._raw_replies = False
 
+    async def _one_write(self, command: Callable[[str], Awaitable[None]], arg: str) -> None:
+        """Run ``command`` with its reply lines sent together, in one write.
+
+        aiosmtpd writes each line of a multi-line reply by itself: for EHLO,
+        eight TLS records and eight system calls, where one of each will do.
+        """
+        self._held_lines = held = []
+        try:
+            await command(arg)
+        finally:
+            self._held_lines = None
+            if held and not self._writer.is_closing():
+                log.debug("%r << %r", self.session.peer if self.session else None, held)
+                self._writer.write(b"".join(held))
+        await self._writer.drain()
+
     async def smtp_EHLO(self, hostname: str) -> None:
         self.command_size_limits.clear()  # aiosmtpd adds to them on every EHLO
-        await self._raw(super().smtp_EHLO, hostname)
+        await self._one_write(partial(self._raw, super().smtp_EHLO), hostname)
 
     async def smtp_HELO(self, hostname: str) -> None:
         await self._raw(super().smtp_HELO, hostname)
