@@ -160,8 +160,10 @@ def store_together(messages: list[SpooledMessage]) -> None:
 def _commit(messages: list[SpooledMessage]) -> None:
     """store_together() once this process has its turn at the database (if it takes turns)."""
     db = connections[DEFAULT_DB_ALIAS]  # the thread's own connection, looked up once
-    small = [message for message in messages if not _streamed(message, db.vendor)]
-    large = [message for message in messages if _streamed(message, db.vendor)]
+    small: list[SpooledMessage] = []
+    large: list[SpooledMessage] = []
+    for message in messages:
+        (large if _streamed(message, db.vendor) else small).append(message)
     # atomic() so the rows are committed (not merely sent) when this returns, whatever
     # the connection's autocommit state.
     with _checkpoint_deferred(db), transaction.atomic():
