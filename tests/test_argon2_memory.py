@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
 import argon2
 import pytest
@@ -85,6 +87,45 @@ def test_each_thread_keeps_its_own_memory_and_another_size_replaces_it():
 
     assert in_new_thread(sizes) == [64 * 1024, 512 * 1024]
     assert in_new_thread(argon2_memory.kept_buffer) is None
+
+
+def _transparent_huge_pages() -> str:
+    try:
+        setting = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "absent"
+    return re.search(r"\[(\w+)\]", setting).group(1)
+
+
+def _anon_huge_kib(address: int) -> int:
+    """AnonHugePages of the mapping of this process that holds ``address``."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        bounds = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+        if bounds:
+            inside = int(bounds.group(1), 16) <= address < int(bounds.group(2), 16)
+        elif inside and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    raise AssertionError("no mapping holds the kept memory")
+
+
+@pytest.mark.skipif(
+    _transparent_huge_pages() not in ("always", "madvise"),
+    reason="the kernel gives no transparent huge pages here",
+)
+def test_the_kept_memory_is_in_huge_pages():
+    encoded = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("pw")
+
+    def where():
+        argon2_memory.verify(encoded, "pw")
+        kept = argon2_memory.kept_buffer()
+        address = int(ffi.cast("uintptr_t", kept))
+        return address, len(kept), _anon_huge_kib(address)
+
+    address, size, huge_kib = in_new_thread(where)
+    assert address % argon2_memory.HUGE_PAGE == 0
+    assert size == 8 * 1024 * 1024
+    assert huge_kib >= 4 * 1024  # at least half of it; normally all 8 MiB
 
 
 def test_broken_and_unusual_hashes():
