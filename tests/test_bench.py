@@ -166,3 +166,17 @@ def test_submission_limit_section(tmp_path: Path) -> None:
         figures["argon2_cffi_per_s"], figures["kept_memory_per_s"]
     )
     assert figures["processes"] == os.cpu_count()
+
+
+def test_session_setup(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "session_setup.py"), "--sessions", "50"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "KUMOSUBMIT_DATA_DIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if " µs " in line]
+    assert [line.split()[0] for line in lines] == ["aiosmtpd", "SubmissionServer._protocol"]

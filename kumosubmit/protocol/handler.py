@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import functools
+import inspect
 import logging
 import traceback
 import uuid
@@ -65,6 +67,11 @@ class AuthIdentity:
         return f"AuthIdentity(authz={self.authz!r}, authc={self.authc!r})"
 
 
+@functools.cache
+def _hook_names(cls: type) -> list[str]:
+    return [name for name in dir(cls) if name.startswith(("handle_", "auth_"))]
+
+
 def _scrub(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
@@ -97,6 +104,14 @@ def received_header(server: SubmissionSMTP, envelope: Envelope, queue_id: str) -
 class SubmissionHandler:
     """The aiosmtpd handler of a submission listener."""
 
+    def __dir__(self) -> list[str]:
+        """Only the hooks and AUTH mechanisms: what aiosmtpd looks for, for every connection.
+
+        aiosmtpd lists a handler's ``dir()`` and ``inspect.getmembers()`` anew for each
+        session it makes (see ``SubmissionSMTP.__dir__``).
+        """
+        return _hook_names(type(self))
+
     # -- greeting ---------------------------------------------------------------
 
     async def handle_HELO(
@@ -122,6 +137,10 @@ class SubmissionHandler:
         server.meta["ehlo_name"] = hostname
         # aiosmtpd ends with "250 HELP"; we keep it last and announce what we do besides.
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    # aiosmtpd reads this hook's signature (the old 4- or the 5-argument form) for every
+    # connection; inspect.signature() takes a __signature__ as it finds it (80 µs less).
+    handle_EHLO.__signature__ = inspect.signature(handle_EHLO)  # type: ignore[attr-defined]
 
     async def handle_PROXY(
         self, server: SubmissionSMTP, session: Session, envelope: Envelope, data: Any
