@@ -14,7 +14,9 @@ every AUTH would get 454.
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -92,10 +94,10 @@ class Exporter:
     """The HTTP endpoint, bound at construction (so a busy port fails before any worker starts)."""
 
     def __init__(self, host: str, port: int, directory: Path) -> None:
-        from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
+        from prometheus_client import CollectorRegistry, make_wsgi_app
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(directory))
+        _collector_class()(registry, path=str(directory))
         self._metrics_app = make_wsgi_app(registry)
         self.health = HealthCheck()
         self.stopping = False
@@ -141,6 +143,34 @@ class Exporter:
                 return _text(start_response, "200 OK", "ok")
             return _text(start_response, "503 Service Unavailable", problem)
         return _text(start_response, "404 Not Found", "not found: try /metrics or /health")
+
+
+def _collector_class() -> type:
+    """prometheus-client's MultiProcessCollector, but a metric file of 0 bytes is skipped.
+
+    A process creates its file before it sizes it, and a scrape that reads it in
+    between fails as a whole (``struct.error``), for every worker's metrics; a
+    worker killed in that moment leaves the empty file behind, and every scrape
+    after it fails (prometheus/client_python#1199). An empty file holds no value
+    yet, so skipping it loses nothing.
+    """
+    from prometheus_client import multiprocess
+
+    class MultiProcessCollector(multiprocess.MultiProcessCollector):
+        def collect(self) -> Iterable[Any]:
+            files = [
+                path for path in glob.glob(os.path.join(self._path, "*.db")) if _has_size(path)
+            ]
+            return self.merge(files, accumulate=True)  # type: ignore[no-any-return]
+
+    return MultiProcessCollector
+
+
+def _has_size(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:  # a dead worker's live gauges, removed meanwhile
+        return False
 
 
 def _text(start_response: StartResponse, status: str, text: str) -> list[bytes]:

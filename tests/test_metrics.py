@@ -16,6 +16,8 @@ import re
 import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -27,7 +29,7 @@ import pytest
 from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
-from kumosubmit.exporter import HealthCheck
+from kumosubmit.exporter import Exporter, HealthCheck
 from tests.live import free_port, plain_blob, quitting
 from tests.process import ManageProcess, command_env, database_url, manage
 
@@ -342,3 +344,29 @@ def test_a_database_that_does_not_answer_is_unhealthy_in_bounded_time():
     finally:
         release.set()
         check.close()
+
+
+def test_a_metric_file_still_empty_does_not_fail_the_scrape(tmp_path):
+    # A process writes a counter into the directory, as a worker does.
+    writer = (
+        "from prometheus_client import Counter\n"
+        "Counter('kumosubmit_probe', 'a probe', ['kind']).labels(kind='real').inc(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", writer],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    # A worker's file as it is between being created and being sized (or for good, if
+    # the worker was killed then): prometheus-client's own collector fails on it.
+    (tmp_path / "counter_4242.db").touch()
+    exporter = Exporter("127.0.0.1", free_port(), tmp_path)
+    exporter.start()
+    try:
+        samples = scrape(exporter.url)
+    finally:
+        exporter.stop()
+    assert value(samples, "kumosubmit_probe_total", kind="real") == 3
