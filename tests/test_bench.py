@@ -180,3 +180,24 @@ def test_session_setup(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if " µs " in line]
     assert [line.split()[0] for line in lines] == ["aiosmtpd", "SubmissionServer._protocol"]
+
+
+def test_auth_targets_use_the_limit_measured_on_both_sides_of_the_auth_runs() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import submission
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    results: dict[str, Any] = {
+        "limit": {"verifications_per_s": 16.0},
+        "limit_after": {"verifications_per_s": 14.0},
+        "auth": {"kumosubmit": {8: {"rate": 13.6}, 32: {"rate": 13.4}}},
+    }
+    assert submission.auth_limit(results) == 15.0
+    rows = {row["target"]: row for row in submission.verdicts(results, idle_target=10_000)}
+    at_8 = rows["AUTH/s at concurrency 8 >= 90 % of the limit"]
+    at_32 = rows["AUTH/s at concurrency 32 >= 90 % of the limit"]
+    assert at_8["pass"] and at_8["threshold"] == ">= 13.5/s"
+    assert not at_32["pass"]
+    del results["limit_after"]  # --only limit --only auth without kumosubmit, say
+    assert submission.auth_limit(results) == 16.0
