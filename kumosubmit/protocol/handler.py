@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
-import functools
 import inspect
 import logging
 import traceback
@@ -42,6 +41,7 @@ from kumosubmit.protocol.sasl import (
     parse_login_field,
     parse_plain,
 )
+from kumosubmit.protocol.server import dispatch_names
 from kumosubmit.spool import SpooledMessage, get_spool
 
 if TYPE_CHECKING:
@@ -65,11 +65,6 @@ class AuthIdentity:
 
     def __repr__(self) -> str:
         return f"AuthIdentity(authz={self.authz!r}, authc={self.authc!r})"
-
-
-@functools.cache
-def _hook_names(cls: type) -> list[str]:
-    return [name for name in dir(cls) if name.startswith(("handle_", "auth_"))]
 
 
 def _scrub(text: str, secret: str) -> str:
@@ -110,7 +105,7 @@ class SubmissionHandler:
         aiosmtpd lists a handler's ``dir()`` and ``inspect.getmembers()`` anew for each
         session it makes (see ``SubmissionSMTP.__dir__``).
         """
-        return _hook_names(type(self))
+        return dispatch_names(type(self), ("handle_", "auth_"))
 
     # -- greeting ---------------------------------------------------------------
 

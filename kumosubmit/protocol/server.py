@@ -112,9 +112,12 @@ class _Commands(collections.abc.Mapping[str, Callable[[str], Awaitable[None]]]):
 
 
 @cache
-def _dispatch_names(cls: type) -> list[str]:
-    """The attributes of ``cls`` that aiosmtpd dispatches to: commands and AUTH mechanisms."""
-    return [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]
+def dispatch_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
+    """The attributes of ``cls`` named with one of ``prefixes``: what aiosmtpd looks up.
+
+    For the ``__dir__`` of sessions and handlers (see ``SubmissionSMTP.__dir__``).
+    """
+    return [name for name in dir(cls) if name.startswith(prefixes)]
 
 
 class SubmissionSMTP(SMTP):
@@ -166,7 +169,7 @@ class SubmissionSMTP(SMTP):
         that took 230 µs of the event loop for every connection (docs/benchmarks.md).
         The names are the class's, so they are listed once.
         """
-        return _dispatch_names(type(self))
+        return dispatch_names(type(self), ("smtp_", "auth_"))
 
     # aiosmtpd decides "is this session encrypted?" by this attribute, which only
     # STARTTLS sets; on an implicit-TLS listener every session is.
