@@ -229,8 +229,15 @@ def test_one_process_counts_a_session_and_reports_health(
         assert moved(before, after, "kumosubmit_argon2_seconds_count", operation="verify") == 2
         assert value(after, "kumosubmit_argon2_jobs", state="waiting") == 0
         assert value(after, "kumosubmit_argon2_jobs", state="running") == 0
-        # run_db work, by operation: each AUTH looks the login up, the message is stored.
-        db_calls = {"_find": 2, "store_waiting": 1}
+        # run_db work, by operation: each AUTH checks the failure counters and looks the
+        # login up; the failure is counted, the success settled; the message is stored.
+        db_calls = {
+            "_standing": 2,
+            "_find": 2,
+            "_record_failure": 1,
+            "_settle_success": 1,
+            "store_waiting": 1,
+        }
         for operation, count in db_calls.items():
             assert moved(before, after, "kumosubmit_db_seconds_count", operation=operation) == count
         assert value(after, "kumosubmit_event_loop_lag_seconds_count") > 0

@@ -33,7 +33,9 @@ The rules, after Dovecot's ``auth_penalty`` and Stalwart's fail2ban
   the login's count: a valid login of one's own lifts no block on another.
   An active address block is never cleared by a success.
 
-The check before the hook is one indexed query for all three keys; a failure
+The check before the hook is one indexed query for all three keys, and it also
+tells whether a success will have anything to clear (most have not: no
+further query); a failure
 is one transaction of atomic ``UPDATE``s (``failures = failures + 1`` decided
 by the database, so concurrent processes cannot lose counts) with an
 ``INSERT`` on a miss. Keys are always updated in the same order, so two
@@ -168,8 +170,15 @@ class Block:
         return {"kind": self.kind, "value": self.value, "until": self.until.isoformat()}
 
 
-def _blocking(policy: Policy, keys: Keys, now: datetime) -> Block | None:
+def _standing(policy: Policy, keys: Keys, now: datetime) -> Standing:
     rows = {(row.kind, row.value): row for row in AuthFailureCounter.objects.filter(keys.q())}
+    has_failures = any(key in rows for key in keys.items() if key[0] != LOGIN.value)
+    return Standing(_blocking(policy, keys, rows, now), has_failures)
+
+
+def _blocking(
+    policy: Policy, keys: Keys, rows: dict[tuple[str, str], AuthFailureCounter], now: datetime
+) -> Block | None:
     address = rows.get((ADDRESS.value, keys.address or ""))
     if address is not None and address.is_blocked(now):
         assert address.blocked_until is not None
@@ -191,9 +200,19 @@ def _blocking(policy: Policy, keys: Keys, now: datetime) -> Block | None:
     return None
 
 
-async def check(policy: Policy, address: str | None, authc: str) -> Block | None:
-    """The block that refuses this attempt, if any (one query, no password involved)."""
-    return await run_db(_blocking, policy, Keys.of(policy, address, authc), timezone.now())
+@dataclass(frozen=True)
+class Standing:
+    """What the check before an attempt found: a block, and whether a success has anything
+    to forget."""
+
+    block: Block | None
+    #: The address or the pair had failures counted (see :func:`forget_failures`).
+    has_failures: bool
+
+
+async def check(policy: Policy, address: str | None, authc: str) -> Standing:
+    """The standing of this attempt: one query, no password involved."""
+    return await run_db(_standing, policy, Keys.of(policy, address, authc), timezone.now())
 
 
 @dataclass(frozen=True)
@@ -298,18 +317,17 @@ def forget_failures(policy: Policy, address: str | None, authc: str) -> None:
     """After a success: forget the address's failures and the pair's, but not the login's.
 
     Called in the database thread, in the same trip as the session's other work
-    after a good AUTH (kumosubmit/protocol/handler.py).
+    after a good AUTH (kumosubmit/protocol/handler.py), and only when the
+    attempt's :class:`Standing` saw failures to forget: most successes have none,
+    and cost no query here (a write transaction would queue on SQLite behind every
+    other writer). Failures that other sessions from the address count while this
+    one's password is being verified are forgotten with the rest when there were
+    some before; when there were none, they stay counted.
     """
     keys = Keys.of(policy, address, authc)
     if keys.address is None:
         return
     counters = AuthFailureCounter.objects
-    # Most successes have nothing to forget: a read, not a write transaction (which on
-    # SQLite would queue behind every other writer).
-    if not counters.filter(
-        Q(kind=ADDRESS.value, value=keys.address) | Q(kind=PAIR.value, value=keys.pair)
-    ).exists():
-        return
     now = timezone.now()
     # In the order _record_failure locks rows (address, then pair): no deadlock.
     with sqlite_turn(), transaction.atomic():

@@ -204,13 +204,15 @@ class SubmissionHandler:
         meta = server.meta
         address = meta["peer_address"]
         policy = throttle.policy()
+        standing = None
         if policy.enabled:
             try:
-                block = await throttle.check(policy, address, authc)
+                standing = await throttle.check(policy, address, authc)
             except Exception:
                 log.exception("conn %s: could not check AUTH blocks; answered 454", meta["conn_id"])
                 meta.record_auth(mechanism, authz, authc, AUTH_ERROR)
                 return AuthResult(success=False, handled=False, message=replies.AUTH_TEMPFAIL)
+            block = standing.block
             if block is not None:
                 meta.record_auth(mechanism, authz, authc, AUTH_BLOCKED)
                 meta["auth_block"] = block.as_meta()
@@ -250,9 +252,12 @@ class SubmissionHandler:
         if verdict is True:
             meta.record_auth(mechanism, authz, authc, AUTH_SUCCESS)
             identity = AuthIdentity(authz, authc)
-            if policy.enabled or app_settings.CHECK_SENDER:
+            forget = standing is not None and standing.has_failures
+            if forget or app_settings.CHECK_SENDER:
                 try:
-                    await run_db(_settle_success, policy, address, identity, meta["conn_id"])
+                    await run_db(
+                        _settle_success, policy, address, identity, meta["conn_id"], forget
+                    )
                 except Exception:  # the database thread could not even start the work
                     log.exception("conn %s: could not settle a good AUTH", meta["conn_id"])
             return AuthResult(success=True, auth_data=identity, message=replies.AUTH_SUCCESS)
@@ -353,15 +358,20 @@ class SubmissionHandler:
 
 
 def _settle_success(
-    policy: throttle.Policy, address: str | None, identity: AuthIdentity, conn_id: str
+    policy: throttle.Policy,
+    address: str | None,
+    identity: AuthIdentity,
+    conn_id: str,
+    forget: bool,
 ) -> None:
-    """After a good AUTH, in one trip to the database: forget the address's failures, and
-    load what the session may send as (every message's MAIL FROM needs it).
+    """After a good AUTH, in one trip to the database: forget the address's failures (if
+    the check before it saw any), and load what the session may send as (every
+    message's MAIL FROM needs it).
 
     Neither may cost the client its 235: what fails is logged, and the sender policy
     is then loaded at MAIL FROM, where a failure gets its own reply.
     """
-    if policy.enabled:
+    if forget:
         try:
             throttle.forget_failures(policy, address, identity.authc)
         except Exception:

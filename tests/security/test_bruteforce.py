@@ -146,6 +146,25 @@ def test_a_success_clears_the_address_count_but_not_the_login_count(clients, mak
     assert clients.attempt(ALICE, PASSWORD)[0] == 235
 
 
+def test_a_success_forgets_only_failures_counted_before_it_was_checked(clients, penalties):
+    """Failures from the address that land while the password is being checked, with none
+    before, stay counted: the check saw nothing to forget, so the success costs no query."""
+    penalties(IP_BLOCK_AFTER=3, LOGIN_BLOCK_AFTER=10)
+    policy = throttle.policy()
+
+    @on("smtp_server_auth_plain")
+    def accept_after_another_session_fails(authz, authc, password, conn_meta):
+        # Another session from the same address fails meanwhile (in its own thread, with
+        # its own database connection, as another listener process would).
+        throttle._record_failure(policy, throttle.Keys.of(policy, ATTACKER, "bob"), timezone.now())
+        connection.close()
+        return True
+
+    assert clients.attempt(ALICE, PASSWORD)[0] == 235
+    assert counter("address", ATTACKER).failures == 1
+    assert counter("pair", f"{ATTACKER} bob").failures == 1
+
+
 # --- blocking an address ------------------------------------------------------------------
 
 
