@@ -73,23 +73,33 @@ def _records(metas: list[ConnectionMeta]) -> list[ConnectionRecord]:
     return records
 
 
+def write_audit_rows(metas: list[ConnectionMeta]) -> list[ConnectionRecord]:
+    """Build the rows of ``metas`` and insert them in one transaction; the rows to try
+    again each on its own if that fails (none if it worked, or if there was just one)."""
+    records = _records(metas)
+    try:
+        insert_audit_rows(records)
+    except Exception:
+        if len(records) == 1:
+            log.exception("could not write the audit record of connection %s", records[0].conn_id)
+            return []
+        log.warning("could not write %d audit records at once; trying each", len(records))
+        return records
+    return []
+
+
 async def _store(metas: list[ConnectionMeta]) -> None:
     """Store these rows in one transaction; if that fails, each on its own.
 
-    The sessions have ended by now: a failure (the database down or locked)
-    costs the rows it could not write, which the log says, and nothing else.
+    One trip to the database thread in the usual case, even for a single row. The
+    sessions have ended by now: a failure (the database down or locked) costs the rows
+    it could not write, which the log says, and nothing else.
     """
     try:
-        records = await run_db(_records, metas)
+        records = await run_db(write_audit_rows, metas)
     except Exception:
         log.exception("could not write %d audit records", len(metas))
         return
-    if len(records) > 1:
-        try:
-            await run_db(insert_audit_rows, records)
-            return
-        except Exception:
-            log.warning("could not write %d audit records at once; trying each", len(records))
     for record in records:
         try:
             # Through insert_audit_rows even alone: its turn at SQLite's writer (a plain
