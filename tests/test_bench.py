@@ -201,3 +201,62 @@ def test_auth_targets_use_the_limit_measured_on_both_sides_of_the_auth_runs() ->
     assert not at_32["pass"]
     del results["limit_after"]  # --only limit --only auth without kumosubmit, say
     assert submission.auth_limit(results) == 16.0
+
+
+def test_auth_cpu_splits_the_cpu_of_threads_alive_and_ended() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import auth_cpu
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    before = {
+        "processes": {10: 5.0},
+        "threads": {(10, 10): 1.0, (10, 11): 2.0},
+        "machine": [0, 0, 0, 100, 0, 0, 0],
+    }
+    after = {  # thread 11 ended; 12 started; lanes that came and went used the rest
+        "processes": {10: 9.5},
+        "threads": {(10, 10): 2.5, (10, 12): 0.5},
+        "machine": [300, 0, 0, 200, 0, 0, 0],
+    }
+    parts = auth_cpu.split(before, after)
+    assert parts == {
+        "event_loops": 1.5,
+        "other_threads": 0.5,
+        "ended_threads": 2.5,
+        "idle_share": 0.25,
+    }
+
+
+def test_auth_cpu_beside_the_sink(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "auth_cpu.py"),
+            "--cheap",
+            "--workers",
+            "1",
+            "--concurrency",
+            "2",
+            "--seconds",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CPU per AUTH session (ms), concurrency 2:" in done.stdout
+    results = json.loads(out.read_text())["results"]
+    ours, sink = results["kumosubmit (cheap argon2)"], results["sink"]
+    for figures in (ours, sink):
+        assert figures["auths"] > 0
+        assert figures["errors"] == {}
+        assert figures["ms_per_session"]["event_loops"] > 0
+    # kumosubmit's database thread and argon2 pool do work; the sink has neither.
+    assert ours["ms_per_session"]["other_threads"] > 0
+    assert sink["ms_per_session"]["other_threads"] < ours["ms_per_session"]["other_threads"]
