@@ -235,6 +235,7 @@ def test_one_process_counts_a_session_and_reports_health(
             "_standing": 2,
             "_find": 2,
             "_record_failure": 1,
+            "_record_use": 1,
             "_settle_success": 1,
             "store_waiting": 1,
         }
@@ -249,6 +250,11 @@ def test_one_process_counts_a_session_and_reports_health(
         client = connect(port, pki)
         with quitting(client):
             assert auth(client, PASSWORD) == 235
+            # Used from this address within LAST_USED_PRECISION: nothing to record, and
+            # no trip to the database thread for it.
+            again = scrape(base)
+            assert moved(after, again, "kumosubmit_db_seconds_count", operation="_find") == 1
+            assert moved(after, again, "kumosubmit_db_seconds_count", operation="_record_use") == 0
             client.mail(ALICE)
             process.signal(signal.SIGTERM)
             process.wait_for("Shutting down")

@@ -73,6 +73,12 @@ class _Candidate:
             for at, where in self.last_used
         )
 
+    def nothing_to_record(self, new_hash: str | None, now: datetime, peer: str | None) -> bool:
+        """Whether a success needs no trip to the database: no hash to upgrade, the last
+        use already recorded (LAST_USED_PRECISION), and no app password whose revocation
+        could have landed since the lookup."""
+        return new_hash is None and self.app_password_pk is None and self.used_lately(now, peer)
+
     @property
     def identity(self) -> str:
         """Which credential this is, for the auth cache."""
@@ -203,7 +209,11 @@ async def authenticate(authz: str, authc: str, password: str, conn_meta: dict[st
         _note(conn_meta, candidate.note(AUTHZ_NOT_ALLOWED, cached))
         return False
     new_hash = await hashing.amake_hash(password) if needs_rehash else None
-    if not await run_db(_record_use, candidate, new_hash, conn_meta.get("peer_address")):
+    peer = conn_meta.get("peer_address")
+    recorded = candidate.nothing_to_record(new_hash, timezone.now(), peer) or await run_db(
+        _record_use, candidate, new_hash, peer
+    )
+    if not recorded:
         _note(conn_meta, candidate.note(REVOKED, cached))
         return False
     _note(conn_meta, candidate.note(ACCEPTED, cached))
