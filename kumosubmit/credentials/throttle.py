@@ -34,11 +34,10 @@ The rules, after Dovecot's ``auth_penalty`` and Stalwart's fail2ban
   An active address block is never cleared by a success.
 
 The check before the hook is one indexed query for all three keys, and it also
-tells whether a success will have anything to clear (most have not: no
-further query); a failure
-is one transaction of atomic ``UPDATE``s (``failures = failures + 1`` decided
-by the database, so concurrent processes cannot lose counts) with an
-``INSERT`` on a miss. Keys are always updated in the same order, so two
+tells whether a success will have anything to clear (most have not, and cost no
+further query); a failure is one transaction of atomic ``UPDATE``s
+(``failures = failures + 1`` decided by the database, so concurrent processes
+cannot lose counts) with an ``INSERT`` on a miss. Keys are always updated in the same order, so two
 sessions cannot deadlock on PostgreSQL.
 """
 
@@ -170,6 +169,16 @@ class Block:
         return {"kind": self.kind, "value": self.value, "until": self.until.isoformat()}
 
 
+@dataclass(frozen=True)
+class Standing:
+    """What the check before an attempt found: a block, and whether a success has anything
+    to forget."""
+
+    block: Block | None
+    #: The address or the pair had failures counted (see :func:`forget_failures`).
+    has_failures: bool
+
+
 def _standing(policy: Policy, keys: Keys, now: datetime) -> Standing:
     rows = {(row.kind, row.value): row for row in AuthFailureCounter.objects.filter(keys.q())}
     has_failures = any(key in rows for key in keys.items() if key[0] != LOGIN.value)
@@ -198,16 +207,6 @@ def _blocking(
     if failed_here or keys.address is None:
         return Block(LOGIN.value, login.value, login.blocked_until)
     return None
-
-
-@dataclass(frozen=True)
-class Standing:
-    """What the check before an attempt found: a block, and whether a success has anything
-    to forget."""
-
-    block: Block | None
-    #: The address or the pair had failures counted (see :func:`forget_failures`).
-    has_failures: bool
 
 
 async def check(policy: Policy, address: str | None, authc: str) -> Standing:
