@@ -31,12 +31,16 @@ def test_auth_and_messages_do_not_hold_the_loop(smtp_server, make_login, setting
     make_login(ALICE, PASSWORD)
     monitor = smtp_server.server.loop_lag
     monitor.samples.clear()
-    for _ in range(5):
+    body = b"Subject: t\r\n\r\n" + (b"x" * 78 + b"\r\n") * 125
+    sessions = 0
+    # At least five sessions, and until the monitor has measured the loop three times
+    # while they ran (however fast the machine gets through them).
+    while sessions < 5 or len(monitor.samples) < 3:
+        assert sessions < 500, "the monitor took no samples"
         with quitting(smtp_server.starttls()) as client:
             client.login(ALICE, PASSWORD)
-            body = b"Subject: t\r\n\r\n" + (b"x" * 78 + b"\r\n") * 125
             client.sendmail(ALICE, ["bob@example.org"], body)
-    assert len(monitor.samples) >= 3
+        sessions += 1
     # Generous for a loaded 2-core CI machine, far below one argon2 verification.
     assert monitor.worst < 0.05, monitor.worst
 
