@@ -21,33 +21,39 @@ LOGIN = "load1@example.com"
 PASSWORD = "pw"
 
 
-def loadgen(port: int, *args: str) -> dict[str, Any]:
-    """Run bench/loadgen.py as a real process (its own worker processes too)."""
+def bench_script(name: str, *args: str, timeout: float = 60, **env: str) -> str:
+    """Run bench/``name`` as a real process; what it printed (it must succeed)."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "loadgen.py"),
-            "--port",
-            str(port),
-            "--user",
-            "load{n}@example.com",
-            "--users",
-            "1",
-            "--password",
-            PASSWORD,
-            "--sender",
-            "load{n}@example.com",
-            "--timeout",
-            "20",
-            *args,
-        ],
+        [sys.executable, str(ROOT / "bench" / name), *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         cwd=ROOT,
+        env={**os.environ, **env},
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout
+
+
+def loadgen(port: int, *args: str) -> dict[str, Any]:
+    """Run bench/loadgen.py as a real process (its own worker processes too)."""
+    output = bench_script(
+        "loadgen.py",
+        "--port",
+        str(port),
+        "--user",
+        "load{n}@example.com",
+        "--users",
+        "1",
+        "--password",
+        PASSWORD,
+        "--sender",
+        "load{n}@example.com",
+        "--timeout",
+        "20",
+        *args,
+    )
+    return json.loads(output.strip().splitlines()[-1])
 
 
 @pytest.fixture
@@ -143,23 +149,10 @@ def test_sink_accepts_anyone() -> None:
 
 def test_submission_limit_section(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "submission.py"),
-            "--quick",
-            "--only",
-            "limit",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
+    output = bench_script(
+        "submission.py", "--quick", "--only", "limit", "--json", str(out), timeout=60
     )
-    assert done.returncode == 0, done.stderr
-    assert "argon2 verifications/s" in done.stdout
+    assert "argon2 verifications/s" in output
     figures = json.loads(out.read_text())["results"]["limit"]
     assert figures["verifications_per_s"] > 0
     assert figures["verifications_per_s"] == max(
@@ -169,16 +162,8 @@ def test_submission_limit_section(tmp_path: Path) -> None:
 
 
 def test_session_setup(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "session_setup.py"), "--sessions", "50"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "KUMOSUBMIT_DATA_DIR": str(tmp_path)},
-    )
-    assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stdout.splitlines() if " µs " in line]
+    output = bench_script("session_setup.py", "--sessions", "50", KUMOSUBMIT_DATA_DIR=str(tmp_path))
+    lines = [line for line in output.splitlines() if " µs " in line]
     assert [line.split()[0] for line in lines] == ["aiosmtpd", "SubmissionServer._protocol"]
 
 
@@ -230,27 +215,20 @@ def test_auth_cpu_splits_the_cpu_of_threads_alive_and_ended() -> None:
 
 def test_auth_cpu_beside_the_sink(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "auth_cpu.py"),
-            "--cheap",
-            "--workers",
-            "1",
-            "--concurrency",
-            "2",
-            "--seconds",
-            "1",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    output = bench_script(
+        "auth_cpu.py",
+        "--cheap",
+        "--workers",
+        "1",
+        "--concurrency",
+        "2",
+        "--seconds",
+        "1",
+        "--json",
+        str(out),
         timeout=180,
-        cwd=ROOT,
     )
-    assert done.returncode == 0, done.stderr
-    assert "CPU per AUTH session (ms), concurrency 2:" in done.stdout
+    assert "CPU per AUTH session (ms), concurrency 2:" in output
     results = json.loads(out.read_text())["results"]
     ours, sink = results["kumosubmit (cheap argon2)"], results["sink"]
     for figures in (ours, sink):
