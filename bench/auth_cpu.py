@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -178,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         return server.start(), server.stop
 
     label = "kumosubmit (cheap argon2)" if options.cheap else "kumosubmit"
-    results = {label: run(label, kumosubmit, options), "sink": run("sink", sink, options)}
+    try:
+        results = {label: run(label, kumosubmit, options), "sink": run("sink", sink, options)}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     print_table(results, options.concurrency)
     if options.json:
         figures = {"options": vars(options), "results": results}

@@ -148,7 +148,7 @@ def test_a_success_clears_the_address_count_but_not_the_login_count(clients, mak
 
 def test_a_success_forgets_only_failures_counted_before_it_was_checked(clients, penalties):
     """Failures from the address that land while the password is being checked, with none
-    before, stay counted: the check saw nothing to forget, so the success costs no query."""
+    before, stay counted: the check before the attempt saw nothing to forget."""
     penalties(IP_BLOCK_AFTER=3, LOGIN_BLOCK_AFTER=10)
     policy = throttle.policy()
 
