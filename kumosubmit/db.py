@@ -80,11 +80,15 @@ def _fresh(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         _state.in_run_db = False
 
 
+#: ``_fresh`` in Django's sync thread; made once, as a decorator would, not per call.
+_fresh_in_sync_thread = sync_to_async(_fresh, thread_sensitive=True)
+
+
 async def run_db(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Run ``func(*args, **kwargs)`` against the database, off the event loop."""
     began = time.perf_counter()
     try:
-        result = await sync_to_async(_fresh, thread_sensitive=True)(func, *args, **kwargs)
+        result = await _fresh_in_sync_thread(func, *args, **kwargs)
     except Exception:
         metrics.db_call(func, time.perf_counter() - began, failed=True)
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kumosubmit.compiled_query import CompiledQuery
 from kumosubmit.credentials.models import AllowedSender, normalize_username
 
 
@@ -35,16 +36,22 @@ def _is_address(identity: str) -> bool:
     return bool(at and local and domain)
 
 
+#: An active login's allowed senders: read at every AUTH, so compiled once
+#: (kumosubmit/compiled_query.py).
+_ENTRIES = CompiledQuery(
+    lambda username: AllowedSender.objects.filter(
+        login__username=username, login__is_active=True
+    ).order_by()
+)
+
+
 def load_policy(authz: str, authc: str) -> SenderPolicy:
     """The policy of a session authenticated as ``authc`` acting as ``authz`` (one query)."""
     addresses = {
         i for i in (normalize_username(authz), normalize_username(authc)) if _is_address(i)
     }
     domains = set()
-    entries = AllowedSender.objects.filter(
-        login__username=normalize_username(authc), login__is_active=True
-    ).values_list("pattern", flat=True)
-    for pattern in entries:
+    for pattern in (entry.pattern for entry in _ENTRIES(normalize_username(authc))):
         if pattern.startswith("@"):
             domains.add(pattern[1:])
         else:

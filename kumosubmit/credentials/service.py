@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from kumosubmit.compiled_query import CompiledQuery
 from kumosubmit.credentials import hashing
 from kumosubmit.credentials.authcache import auth_cache
 from kumosubmit.credentials.models import (
@@ -100,10 +101,17 @@ class _Candidate:
         return note
 
 
+#: The active login of a name: one query per AUTH, compiled once (kumosubmit/compiled_query.py).
+_ACTIVE_LOGIN = CompiledQuery(
+    lambda username: SmtpLogin.objects.filter(username=username, is_active=True).order_by()
+)
+
+
 def _find(authc: str, authz: str, public_id: str | None, now: datetime) -> _Candidate | None:
-    login = SmtpLogin.objects.filter(username=normalize_username(authc), is_active=True).first()
-    if login is None:
+    found = _ACTIVE_LOGIN(normalize_username(authc))
+    if not found:
         return None
+    login = found[0]  # usernames are unique
     may_act = login.may_act_as(authz)
     if public_id is not None:
         app_password = login.app_passwords.filter(public_id=public_id).first()

@@ -53,6 +53,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 
+from kumosubmit.compiled_query import CompiledQuery
 from kumosubmit.conf import DEFAULTS, app_settings
 from kumosubmit.credentials.models import AuthFailureCounter, normalize_username
 from kumosubmit.db import run_db, sqlite_turn
@@ -149,11 +150,20 @@ class Keys:
             return [(LOGIN.value, self.login)]
         return [(ADDRESS.value, self.address), (LOGIN.value, self.login), (PAIR.value, self.pair)]
 
-    def q(self) -> Q:
-        query = Q()
-        for kind, value in self.items():
-            query |= Q(kind=kind, value=value)
-        return query
+    def counters(self) -> list[AuthFailureCounter]:
+        """Their counters that exist (one query, compiled once: kumosubmit/compiled_query.py)."""
+        return _COUNTERS(*(part for item in self.items() for part in item))
+
+
+def _counters_of(*kinds_and_values: str) -> QuerySet[AuthFailureCounter]:
+    """The counters of the (kind, value) pairs, given one after the other."""
+    query = Q()
+    for kind, value in zip(kinds_and_values[::2], kinds_and_values[1::2], strict=True):
+        query |= Q(kind=kind, value=value)
+    return AuthFailureCounter.objects.filter(query).order_by()
+
+
+_COUNTERS = CompiledQuery(_counters_of)
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,7 @@ class Standing:
 
 
 def _standing(policy: Policy, keys: Keys, now: datetime) -> Standing:
-    rows = {(row.kind, row.value): row for row in AuthFailureCounter.objects.filter(keys.q())}
+    rows = {(row.kind, row.value): row for row in keys.counters()}
     has_failures = any(key in rows for key in keys.items() if key[0] != LOGIN.value)
     return Standing(_blocking(policy, keys, rows, now), has_failures)
 
@@ -289,7 +299,7 @@ def _record_failure(policy: Policy, keys: Keys, now: datetime) -> Failure:
     with transaction.atomic():
         for kind, value in keys.items():
             _count(kind, value, thresholds[kind], policy, now)
-        rows = {(row.kind, row.value): row for row in AuthFailureCounter.objects.filter(keys.q())}
+        rows = {(row.kind, row.value): row for row in keys.counters()}
     address = rows.get((ADDRESS.value, keys.address or ""))
     # A block that ends exactly BLOCK_DURATION after this failure was started by it.
     started = now + policy.block_duration
