@@ -1,10 +1,11 @@
 """Querysets compiled to SQL once, then run with new arguments: the reads every AUTH makes.
 
 For the small reads on the AUTH path (the failure counters, the login, its allowed
-senders), Django spends about ten times longer building and compiling the
-queryset than SQLite spends running it: 340 µs against 26 µs for the failure
-counters (docs/benchmarks.md). Their shape never changes, only the strings in
-them. So a :class:`CompiledQuery` builds its queryset once per database (and
+senders), Django spends far longer building and compiling the queryset than the
+database spends running it: the failure counters cost the database thread 325 µs
+of CPU built each time against 58 µs compiled once, on SQLite
+(``bench/auth_queries.py``, docs/benchmarks.md). Their shape never changes, only
+the strings in them. So a :class:`CompiledQuery` builds its queryset once per database (and
 number of arguments), with a marker string in each argument's place, keeps the
 SQL and the parameters Django made of it, and from then on runs that SQL with
 the arguments where the markers were. Rows become model instances through
