@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kumosubmit.compiled_query import CompiledQuery
+from django.db.models import QuerySet
+
 from kumosubmit.credentials.models import AllowedSender, normalize_username
 
 
@@ -36,13 +37,11 @@ def _is_address(identity: str) -> bool:
     return bool(at and local and domain)
 
 
-#: An active login's allowed senders: read at every AUTH, so compiled once
-#: (kumosubmit/compiled_query.py).
-_ENTRIES = CompiledQuery(
-    lambda username: AllowedSender.objects.filter(
-        login__username=username, login__is_active=True
+def allowed_senders(username: str) -> QuerySet[AllowedSender]:
+    """An active login's allowed senders (one query)."""
+    return AllowedSender.objects.filter(
+        login__username=normalize_username(username), login__is_active=True
     ).order_by()
-)
 
 
 def load_policy(authz: str, authc: str) -> SenderPolicy:
@@ -51,7 +50,7 @@ def load_policy(authz: str, authc: str) -> SenderPolicy:
         i for i in (normalize_username(authz), normalize_username(authc)) if _is_address(i)
     }
     domains = set()
-    for pattern in (entry.pattern for entry in _ENTRIES(normalize_username(authc))):
+    for pattern in allowed_senders(authc).values_list("pattern", flat=True):
         if pattern.startswith("@"):
             domains.add(pattern[1:])
         else:

@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from kumosubmit.compiled_query import CompiledQuery
 from kumosubmit.credentials import hashing
 from kumosubmit.credentials.authcache import auth_cache
 from kumosubmit.credentials.models import (
@@ -101,17 +101,15 @@ class _Candidate:
         return note
 
 
-#: The active login of a name: one query per AUTH, compiled once (kumosubmit/compiled_query.py).
-_ACTIVE_LOGIN = CompiledQuery(
-    lambda username: SmtpLogin.objects.filter(username=username, is_active=True).order_by()
-)
+def active_login(username: str) -> QuerySet[SmtpLogin]:
+    """The active login of a name (usernames are unique): one query per AUTH."""
+    return SmtpLogin.objects.filter(username=normalize_username(username), is_active=True)
 
 
 def _find(authc: str, authz: str, public_id: str | None, now: datetime) -> _Candidate | None:
-    found = _ACTIVE_LOGIN(normalize_username(authc))
-    if not found:
+    login = active_login(authc).first()
+    if login is None:
         return None
-    login = found[0]  # usernames are unique
     may_act = login.may_act_as(authz)
     if public_id is not None:
         app_password = login.app_passwords.filter(public_id=public_id).first()

@@ -53,7 +53,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, DateTimeField, F, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from kumosubmit.compiled_query import CompiledQuery
 from kumosubmit.conf import DEFAULTS, app_settings
 from kumosubmit.credentials.models import AuthFailureCounter, normalize_username
 from kumosubmit.db import run_db, sqlite_turn
@@ -151,19 +150,14 @@ class Keys:
         return [(ADDRESS.value, self.address), (LOGIN.value, self.login), (PAIR.value, self.pair)]
 
     def counters(self) -> list[AuthFailureCounter]:
-        """Their counters that exist (one query, compiled once: kumosubmit/compiled_query.py)."""
-        return _COUNTERS(*(part for item in self.items() for part in item))
+        """Their counters that exist (one query)."""
+        return list(self.queryset())
 
-
-def _counters_of(*kinds_and_values: str) -> QuerySet[AuthFailureCounter]:
-    """The counters of the (kind, value) pairs, given one after the other."""
-    query = Q()
-    for kind, value in zip(kinds_and_values[::2], kinds_and_values[1::2], strict=True):
-        query |= Q(kind=kind, value=value)
-    return AuthFailureCounter.objects.filter(query).order_by()
-
-
-_COUNTERS = CompiledQuery(_counters_of)
+    def queryset(self) -> QuerySet[AuthFailureCounter]:
+        query = Q()
+        for kind, value in self.items():
+            query |= Q(kind=kind, value=value)
+        return AuthFailureCounter.objects.filter(query).order_by()
 
 
 @dataclass(frozen=True)
