@@ -94,8 +94,14 @@ DEFAULTS: dict[str, Any] = {
         "HANDOFF": False,  # runsmtpd relays itself, right after each commit and 250
         "RETENTION": 7 * 86400,  # seconds delivered content is kept; None: for ever
     },
-    # Hook handlers by dotted path, e.g. {"smtp_server_auth_plain": "myapp.auth.check"}.
+    # Hook handlers by dotted path, per event: one path or a list, run after the built-ins,
+    # e.g. {"smtp_server_mail_from": ["myapp.policy.mail_from"]} (docs/hooks.md).
     "HOOKS": {},
+    # The built-in handlers, per event; an event listed here gets exactly this list (an
+    # empty one drops them), e.g. {"smtp_server_mail_from": ["kumosubmit.policy.limits.mail_from"]}
+    # keeps the limits but drops the sender policy. Unlisted events keep
+    # kumosubmit.hooks.registry.BUILTINS.
+    "BUILTIN_HOOKS": {},
     # Seconds a hook handler may take before the attempt is answered 454 (a hung hook).
     "HOOK_TIMEOUT": 10,
     # -- abuse limits --------------------------------------------------------------

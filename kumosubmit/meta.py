@@ -1,15 +1,25 @@
 """``conn_meta``: what is known about one SMTP connection.
 
 One ``ConnectionMeta`` exists per connection and is passed to every hook of
-that connection, as KumoMTA passes its ``conn_meta``. It is a dict of
-JSON-friendly values so hooks can add their own keys and the whole of it can
-be stored in the audit table. It never holds a password.
+that connection, as KumoMTA passes its ``conn_meta`` "to share state between
+the various SMTP listener event handlers". It is a dict of JSON values, with
+KumoMTA's ``get_meta``/``set_meta`` beside dict access, so hooks can add their
+own keys; all of it is stored in the audit row, and copied into the meta of
+every message the connection hands over. It never holds a password.
+
+KumoMTA's predefined names are kept as keys too (``received_from``,
+``received_via``, ``reception_protocol``, ``hostname``, ``ehlo_domain``,
+``tls_protocol_version``, ``tls_cipher``, ``authn_id``, ``authz_id``), beside
+kumosubmit's own (``peer_address``, ``ehlo_name``, ``tls_version`` ...), which
+the audit table's columns are made from.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -20,13 +30,64 @@ from kumosubmit import metrics
 #: Outcomes of an AUTH attempt, as stored in conn_meta and the audit table.
 AUTH_SUCCESS = "success"
 AUTH_FAILURE = "failure"
-AUTH_ERROR = "error"  # the hook raised or returned nonsense: 454, never an accept
+AUTH_ERROR = "error"  # a handler raised or returned nonsense: 454, never an accept
 AUTH_ABORTED = "aborted"  # malformed or cancelled exchange: 501
 AUTH_BLOCKED = "blocked"  # refused by a brute-force block before any password check
 
 
-class ConnectionMeta(dict[str, Any]):
-    """Per-connection metadata shared by all hooks (a dict; hooks may add keys)."""
+def check_json(key: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is JSON (what the audit row and spool can keep)."""
+    if not isinstance(key, str):
+        raise TypeError(f"meta keys are strings, not {type(key).__name__}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"meta value for {key!r} is not JSON: {error}") from None
+
+
+def socket_text(address: str | None, port: int | None) -> str | None:
+    """``ip:port`` as KumoMTA writes a socket address (``[v6]:port`` for IPv6)."""
+    if address is None:
+        return None
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port}" if port is not None else host
+
+
+class JsonMeta(dict[str, Any]):
+    """A dict that only takes JSON values, with KumoMTA's ``get_meta``/``set_meta``."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        check_json(key, value)
+        super().__setitem__(key, value)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(
+        self, other: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), /, **kw: Any
+    ) -> None:
+        for key, value in dict(other, **kw).items():
+            self[key] = value
+
+    def get_meta(self, key: str) -> Any:
+        """The value of ``key``, or None (KumoMTA's ``get_meta``)."""
+        return self.get(key)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Set ``key``; a value that is not JSON is refused with ``TypeError``."""
+        self[key] = value
+
+
+class ConnectionMeta(JsonMeta):
+    """Per-connection metadata shared by all hooks (a dict of JSON values).
+
+    Besides the dict, two attributes that are never stored: ``transaction``,
+    the current mail transaction as the hooks saw it (sender and accepted
+    recipients), and ``cache``, objects a handler keeps for the connection
+    (the built-in sender policy keeps the login's allowed senders there).
+    """
 
     def __init__(
         self,
@@ -34,29 +95,51 @@ class ConnectionMeta(dict[str, Any]):
         peer: tuple[str, int] | None,
         local: tuple[str, int] | None,
         listener: str,
+        hostname: str | None = None,
     ) -> None:
         started = timezone.now()
-        super().__init__(
+        super().__init__()
+        dict.update(
+            self,
             conn_id=uuid.uuid4().hex,
             listener=listener,
             pid=os.getpid(),  # which runsmtpd worker process served it
-            peer_address=peer[0] if peer else None,
-            peer_port=peer[1] if peer else None,
-            local_address=local[0] if local else None,
-            local_port=local[1] if local else None,
+            hostname=hostname,
             started_at=started.isoformat(),
             tls_version=None,
             tls_cipher=None,
+            tls_protocol_version=None,
             ehlo_name=None,
+            ehlo_domain=None,
+            reception_protocol=None,
             auth_attempts=[],
             messages_accepted=0,
             bytes_accepted=0,
         )
+        self.set_peer(*(peer or (None, None)))
+        self.set_local(*(local or (None, None)))
         self.started = started  # the aware datetimes, for the audit row
         self.ended: datetime | None = None
+        self.transaction: Any = None  # kumosubmit.hooks.events.Transaction, once MAIL FROM ran
+        self.cache: dict[str, Any] = {}
+
+    def set_peer(self, address: str | None, port: int | None) -> None:
+        """The client (after a PROXY header, the real one)."""
+        self["peer_address"] = address
+        self["peer_port"] = port
+        self["received_from"] = socket_text(address, port)
+
+    def set_local(self, address: str | None, port: int | None) -> None:
+        self["local_address"] = address
+        self["local_port"] = port
+        self["received_via"] = socket_text(address, port)
+
+    def set_ehlo(self, domain: str, *, extended: bool) -> None:
+        self["ehlo_name"] = self["ehlo_domain"] = domain
+        self["reception_protocol"] = "ESMTP" if extended else "SMTP"
 
     def set_tls(self, version: str | None, cipher: str | None) -> None:
-        self["tls_version"] = version
+        self["tls_version"] = self["tls_protocol_version"] = version
         self["tls_cipher"] = cipher
 
     def record_auth(self, mechanism: str, authz: str, authc: str, outcome: str) -> None:

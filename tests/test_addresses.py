@@ -8,7 +8,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kumosubmit.protocol.addresses import split_simple_path
+from kumosubmit.addresses import split_simple_path
 
 ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
 #: What an address line may hold: atoms, the specials, spaces and non-ASCII.

@@ -230,13 +230,14 @@ def test_one_process_counts_a_session_and_reports_health(
         assert value(after, "kumosubmit_argon2_jobs", state="waiting") == 0
         assert value(after, "kumosubmit_argon2_jobs", state="running") == 0
         # run_db work, by operation: each AUTH checks the failure counters and looks the
-        # login up; the failure is counted, the success settled; the message is stored.
+        # login up; the failure is counted, the success recorded; the first MAIL FROM
+        # reads the sender policy; the message is stored.
         db_calls = {
             "_standing": 2,
             "_find": 2,
             "_record_failure": 1,
             "_record_use": 1,
-            "_settle_success": 1,
+            "load_policy": 1,
             "store_waiting": 1,
         }
         for operation, count in db_calls.items():

@@ -1,15 +1,44 @@
-"""Policy hooks, in KumoMTA's style.
+"""Policy as KumoMTA's SMTP listener events, in Python.
 
-    from kumosubmit.hooks import on
+    from kumosubmit.hooks import on, reject
 
-    @on("smtp_server_auth_plain")
-    async def check(authz, authc, password, conn_meta):
-        return authc == "alice" and password == "..."
+    @on("smtp_server_mail_from")
+    async def no_example_org(sender, conn_meta):
+        if sender.domain == "example.org":
+            reject(550, "5.7.1 not from that domain")
 
-A handler may be sync or async. Registering one replaces the built-in
-handler; ``KUMOSUBMIT["HOOKS"]`` names handlers by dotted path instead.
+Every event has a chain of handlers: the built-ins, then those named in
+``KUMOSUBMIT["HOOKS"]``, then those registered with :func:`on`
+(kumosubmit/hooks/registry.py; docs/hooks.md). A handler may be sync or
+async; :func:`reject` refuses the command with exactly the reply given.
 """
 
-from kumosubmit.hooks.registry import EVENTS, call, get_handler, on, reset
+from kumosubmit.hooks.events import AuthVerdict, Transaction, delay_reply
+from kumosubmit.hooks.message import EnvelopeAddress, Message
+from kumosubmit.hooks.registry import (
+    BUILTINS,
+    EVENTS,
+    get_handler,
+    get_handlers,
+    on,
+    override,
+    reset,
+)
+from kumosubmit.hooks.reject import Reject, reject
 
-__all__ = ["EVENTS", "call", "get_handler", "on", "reset"]
+__all__ = [
+    "BUILTINS",
+    "EVENTS",
+    "AuthVerdict",
+    "EnvelopeAddress",
+    "Message",
+    "Reject",
+    "Transaction",
+    "delay_reply",
+    "get_handler",
+    "get_handlers",
+    "on",
+    "override",
+    "reject",
+    "reset",
+]

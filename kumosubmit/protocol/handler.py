@@ -1,38 +1,27 @@
-"""What kumosubmit does with each SMTP command: AUTH through the hook, DATA into the spool.
+"""aiosmtpd's handler: each SMTP step becomes an event (kumosubmit.hooks), each verdict a reply.
 
 aiosmtpd calls ``handle_<VERB>`` and ``auth_<MECH>`` on this object with the
-:class:`~kumosubmit.protocol.server.SubmissionSMTP` of the connection.
+:class:`~kumosubmit.protocol.server.SubmissionSMTP` of the connection. What is
+decided here is only SMTP itself (syntax, the trace header, storage); every
+policy is a handler of an event, built-in or the project's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.policy
 import inspect
 import logging
-import traceback
 import uuid
-from email.parser import BytesHeaderParser
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 from django.utils import timezone
 
-from kumosubmit import hooks
-from kumosubmit.conf import app_settings
-from kumosubmit.credentials import throttle
-from kumosubmit.credentials.senders import SenderPolicy, load_policy
-from kumosubmit.db import run_db
-from kumosubmit.meta import (
-    AUTH_ABORTED,
-    AUTH_BLOCKED,
-    AUTH_ERROR,
-    AUTH_FAILURE,
-    AUTH_SUCCESS,
-)
+from kumosubmit.addresses import is_mailbox, is_recipient
+from kumosubmit.hooks import events
+from kumosubmit.hooks.message import Message
+from kumosubmit.meta import AUTH_ABORTED, ConnectionMeta
 from kumosubmit.protocol import replies
-from kumosubmit.protocol.addresses import is_mailbox, is_recipient
 from kumosubmit.protocol.data import declared_size
 from kumosubmit.protocol.sasl import (
     PlainCredentials,
@@ -55,20 +44,14 @@ NULL_SENDER = "<>"
 class AuthIdentity:
     """What a session keeps after AUTH succeeds (``session.auth_data``)."""
 
-    __slots__ = ("authc", "authz", "senders")
+    __slots__ = ("authc", "authz")
 
     def __init__(self, authz: str, authc: str) -> None:
         self.authz = authz
         self.authc = authc
-        # Loaded with AUTH (_settle_success), or at the first MAIL FROM if that failed.
-        self.senders: SenderPolicy | None = None
 
     def __repr__(self) -> str:
         return f"AuthIdentity(authz={self.authz!r}, authc={self.authc!r})"
-
-
-def _scrub(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
 
 
 def _is_printable_ascii(text: str) -> bool:
@@ -79,18 +62,19 @@ def _printable(text: str | None) -> str:
     return "".join(c for c in (text or "") if c.isprintable() and c.isascii())[:255]
 
 
-def received_header(server: SubmissionSMTP, envelope: Envelope, queue_id: str) -> bytes:
+def received_header(
+    hostname: str, meta: ConnectionMeta, recipients: tuple[str, ...], queue_id: str
+) -> bytes:
     """The trace header for this hop (RFC 5321 section 4.4; ESMTPSA from RFC 3848)."""
-    meta = server.meta
     ip = meta["peer_address"] or "unknown"
     literal = f"IPv6:{ip}" if ":" in ip else ip
     lines = [
         f"Received: from {_printable(meta['ehlo_name']) or 'unknown'} ([{literal}])",
-        f"\tby {server.hostname} (kumosubmit) with ESMTPSA id {queue_id}",
+        f"\tby {hostname} (kumosubmit) with ESMTPSA id {queue_id}",
         f"\t(version={meta['tls_version']} cipher={meta['tls_cipher']})",
     ]
-    if len(envelope.rcpt_tos) == 1:
-        lines.append(f"\tfor <{_printable(envelope.rcpt_tos[0])}>")
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{_printable(recipients[0])}>")
     lines[-1] += ";"
     lines.append(f"\t{format_datetime(timezone.now())}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
@@ -114,8 +98,10 @@ class SubmissionHandler:
     ) -> str:
         if not _is_printable_ascii(hostname):
             return replies.BAD_HELO
+        verdict = await events.ehlo(hostname, server.meta, [], extended=False, tls=server.on_tls)
+        if isinstance(verdict, str):
+            return verdict
         session.host_name = hostname
-        server.meta["ehlo_name"] = hostname
         return f"250 {server.hostname}"
 
     async def handle_EHLO(
@@ -128,10 +114,23 @@ class SubmissionHandler:
     ) -> list[str]:
         if not _is_printable_ascii(hostname):
             return [replies.BAD_HELO]
+        # aiosmtpd's lines are "250-NAME", the extensions, then "250 HELP"; we announce
+        # what we do besides, and keep HELP last.
+        extensions = [line[4:] for line in responses[1:-1]]
+        extensions += ["PIPELINING", "ENHANCEDSTATUSCODES", responses[-1][4:]]
+        verdict = await events.ehlo(
+            hostname, server.meta, extensions, extended=True, tls=server.on_tls
+        )
+        if isinstance(verdict, str):
+            return [verdict]
         session.host_name = hostname
-        server.meta["ehlo_name"] = hostname
-        # aiosmtpd ends with "250 HELP"; we keep it last and announce what we do besides.
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        if not verdict:
+            return [f"250 {server.hostname}"]
+        return [
+            f"250-{server.hostname}",
+            *(f"250-{line}" for line in verdict[:-1]),
+            f"250 {verdict[-1]}",
+        ]
 
     # aiosmtpd reads this hook's signature (the old 4- or the 5-argument form) for every
     # connection; inspect.signature() takes a __signature__ as it finds it (80 µs less).
@@ -191,90 +190,14 @@ class SubmissionHandler:
     async def _authenticate(
         self, server: SubmissionSMTP, mechanism: str, credentials: PlainCredentials
     ) -> AuthResult:
-        """Ask the ``smtp_server_auth_plain`` hook; only a plain ``True`` lets the client in.
-
-        Failed-AUTH penalties (:mod:`kumosubmit.credentials.throttle`) wrap the hook:
-        a blocked address or login is refused before the hook runs, so a flood of
-        guesses costs one indexed query each and no argon2 work; a refused password
-        is counted and answered after a growing delay; a success clears the
-        address's count. If the block check cannot be made, the answer is 454
-        (fail closed), as when the hook fails.
-        """
+        """Ask the ``smtp_server_auth_plain`` event (kumosubmit.hooks.events.auth_plain)."""
         authz, authc, password = credentials
-        meta = server.meta
-        address = meta["peer_address"]
-        policy = throttle.policy()
-        standing = None
-        if policy.enabled:
-            try:
-                standing = await throttle.check(policy, address, authc)
-            except Exception:
-                log.exception("conn %s: could not check AUTH blocks; answered 454", meta["conn_id"])
-                meta.record_auth(mechanism, authz, authc, AUTH_ERROR)
-                return AuthResult(success=False, handled=False, message=replies.AUTH_TEMPFAIL)
-            block = standing.block
-            if block is not None:
-                meta.record_auth(mechanism, authz, authc, AUTH_BLOCKED)
-                meta["auth_block"] = block.as_meta()
-                log.info(
-                    "conn %s: AUTH for %r refused: %s %s blocked until %s",
-                    meta["conn_id"],
-                    authc,
-                    block.kind,
-                    block.value,
-                    block.until.isoformat(),
-                )
-                # A blocked address gets a 421, and the server hangs up after a 421.
-                reply = (
-                    replies.LOGIN_BLOCKED
-                    if block.kind == throttle.LOGIN
-                    else replies.ADDRESS_BLOCKED
-                )
-                return AuthResult(success=False, handled=False, message=reply)
-        try:
-            verdict = await hooks.call("smtp_server_auth_plain", authz, authc, password, meta)
-        except Exception as error:
-            log.error(
-                "conn %s: smtp_server_auth_plain failed for %r; answered 454:\n%s",
-                meta["conn_id"],
-                authc,
-                _scrub("".join(traceback.format_exception(error)), password),
+        verdict = await events.auth_plain(mechanism, authz, authc, password, server.meta)
+        if verdict.success:
+            return AuthResult(
+                success=True, auth_data=AuthIdentity(authz, authc), message=verdict.reply
             )
-            verdict = None
-        else:
-            if not isinstance(verdict, bool):
-                log.error(
-                    "conn %s: smtp_server_auth_plain returned a %s, not a bool; answered 454",
-                    meta["conn_id"],
-                    type(verdict).__name__,
-                )
-                verdict = None
-        if verdict is True:
-            meta.record_auth(mechanism, authz, authc, AUTH_SUCCESS)
-            identity = AuthIdentity(authz, authc)
-            forget = standing is not None and standing.has_failures
-            if forget or app_settings.CHECK_SENDER:
-                try:
-                    await run_db(
-                        _settle_success, policy, address, identity, meta["conn_id"], forget
-                    )
-                except Exception:  # the database thread could not even start the work
-                    log.exception("conn %s: could not settle a good AUTH", meta["conn_id"])
-            return AuthResult(success=True, auth_data=identity, message=replies.AUTH_SUCCESS)
-        if verdict is False:
-            meta.record_auth(mechanism, authz, authc, AUTH_FAILURE)
-            if policy.enabled:
-                try:
-                    failure = await throttle.record_failure(policy, address, authc)
-                    delay = policy.delay_for(failure.address_failures)
-                except Exception:
-                    log.exception("conn %s: could not count an AUTH failure", meta["conn_id"])
-                    delay = policy.max_delay  # uncounted, so at least slow
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
-        meta.record_auth(mechanism, authz, authc, AUTH_ERROR)
-        return AuthResult(success=False, handled=False, message=replies.AUTH_TEMPFAIL)
+        return AuthResult(success=False, handled=False, message=verdict.reply)
 
     # -- the transaction --------------------------------------------------------
 
@@ -286,14 +209,11 @@ class SubmissionHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        if server.meta["messages_accepted"] >= server.limits.max_messages:
-            return replies.TOO_MANY_MESSAGES
         if address != NULL_SENDER and not is_mailbox(address):
             return replies.BAD_SENDER
-        if app_settings.CHECK_SENDER:
-            senders = await self._sender_policy(session)
-            if not senders.permits("" if address == NULL_SENDER else address):
-                return replies.SENDER_NOT_ALLOWED
+        refusal = await events.mail_from("" if address == NULL_SENDER else address, server.meta)
+        if refusal is not None:
+            return refusal
         size = declared_size(mail_options)
         if size and size > server.state.budget.available():
             # RFC 1870 section 6.1: a temporary lack of room for a message this big.
@@ -302,13 +222,6 @@ class SubmissionHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return replies.SENDER_OK
-
-    async def _sender_policy(self, session: Session) -> SenderPolicy:
-        identity = session.auth_data
-        assert isinstance(identity, AuthIdentity)  # MAIL needs AUTH first
-        if identity.senders is None:
-            identity.senders = await run_db(load_policy, identity.authz, identity.authc)
-        return identity.senders
 
     async def handle_RCPT(
         self,
@@ -320,8 +233,9 @@ class SubmissionHandler:
     ) -> str:
         if not is_recipient(address):
             return replies.BAD_RECIPIENT
-        if len(envelope.rcpt_tos) >= server.limits.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS
+        refusal = await events.rcpt_to(address, server.meta)
+        if refusal is not None:
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
@@ -329,80 +243,41 @@ class SubmissionHandler:
     async def handle_DATA(
         self, server: SubmissionSMTP, session: Session, envelope: Envelope
     ) -> str:
+        """``smtp_server_data``, the trace header, ``smtp_server_message_received``, then the
+        spool commit; the 250 only once the message is stored."""
         meta = server.meta
-        queue_id = uuid.uuid4().hex
         # The one buffer protocol/data.py read the message into: dot-unstuffed, bare
         # line endings already refused or normalized. Not copied from here on.
         content = envelope.original_content
         assert isinstance(content, bytearray)
-        if app_settings.CHECK_HEADER_FROM and not header_senders_permitted(
-            content, await self._sender_policy(session)
-        ):
-            return replies.HEADER_FROM_NOT_ALLOWED
-        # The trace header goes in front, in place (a realloc, not a second copy).
-        content[:0] = received_header(server, envelope, queue_id)
-        message = SpooledMessage(
-            mail_from="" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from),
-            rcpt_tos=list(envelope.rcpt_tos),
-            content=content,
-            meta=message_meta(meta),
-            queue_id=queue_id,
+        message = Message(
+            "" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from),
+            envelope.rcpt_tos,
+            content,
+            meta=meta,
         )
-        try:
-            await get_spool().store(message)
-        except Exception:
-            log.exception("conn %s: could not store a message; answered 451", meta["conn_id"])
-            return replies.NOT_STORED
-        meta.record_message(len(message.content))
-        return replies.queued(message.queue_id)
+        refusal = await events.data(message, meta)
+        if refusal is not None:
+            return refusal
+        queue_id = uuid.uuid4().hex
+        recipients = message.freeze_recipients()
+        # The trace header goes in front, in place (a realloc, not a second copy).
+        message.prepend_raw(received_header(server.hostname, meta, recipients, queue_id))
 
+        async def store(message: Message) -> str:
+            spooled = SpooledMessage(
+                mail_from=message.sender.address,
+                rcpt_tos=list(recipients),
+                content=message.buffer,
+                meta=dict(message.meta),
+                queue_id=queue_id,
+            )
+            try:
+                await get_spool().store(spooled)
+            except Exception:
+                log.exception("conn %s: could not store a message; answered 451", meta["conn_id"])
+                return replies.NOT_STORED
+            meta.record_message(len(spooled.content))
+            return replies.queued(queue_id)
 
-def _settle_success(
-    policy: throttle.Policy,
-    address: str | None,
-    identity: AuthIdentity,
-    conn_id: str,
-    forget: bool,
-) -> None:
-    """After a good AUTH, in one trip to the database: forget the address's failures (if
-    the check before it saw any), and load what the session may send as (every
-    message's MAIL FROM needs it).
-
-    Neither may cost the client its 235: what fails is logged, and the sender policy
-    is then loaded at MAIL FROM, where a failure gets its own reply.
-    """
-    if forget:
-        try:
-            throttle.forget_failures(policy, address, identity.authc)
-        except Exception:
-            log.exception("conn %s: could not clear AUTH failures", conn_id)
-    if app_settings.CHECK_SENDER:
-        try:
-            identity.senders = load_policy(identity.authz, identity.authc)
-        except Exception:
-            log.exception("conn %s: could not load the sender policy at AUTH", conn_id)
-
-
-def header_senders_permitted(content: bytes | bytearray, senders: SenderPolicy) -> bool:
-    """Whether the message has From: addresses and the session may send as each of them."""
-    end = content.find(b"\r\n\r\n")
-    header = content[: end + 4] if end != -1 else content  # not the whole body
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(bytes(header))
-    addresses = [address for _, address in getaddresses(headers.get_all("From", []))]
-    return bool(addresses) and all(address and senders.permits(address) for address in addresses)
-
-
-def message_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """What a stored message keeps of its connection's conn_meta."""
-    keys = (
-        "authz_id",
-        "authn_id",
-        "conn_id",
-        "listener",
-        "peer_address",
-        "peer_port",
-        "ehlo_name",
-        "tls_version",
-        "tls_cipher",
-    )
-    return {key: meta.get(key) for key in keys}
+        return await events.message_received(message, meta, store)

@@ -34,10 +34,11 @@ import aiosmtpd.smtp
 from aiosmtpd.proxy_protocol import V2_CMD, ProxyData
 from aiosmtpd.smtp import MISSING, SMTP, Session, TLSSetupException
 
-from kumosubmit import metrics
+from kumosubmit import addresses, metrics
 from kumosubmit.conf import app_settings
+from kumosubmit.hooks import events
 from kumosubmit.meta import ConnectionMeta
-from kumosubmit.protocol import addresses, replies, tls
+from kumosubmit.protocol import replies, tls
 from kumosubmit.protocol.budget import Reservation
 from kumosubmit.protocol.data import DataReader, declared_size
 
@@ -60,8 +61,6 @@ class Limits:
 
     max_errors: int
     max_auth_attempts: int
-    max_recipients: int
-    max_messages: int
     idle_timeout: float
     data_timeout: float
     bare_line_endings: str
@@ -71,8 +70,6 @@ class Limits:
         return cls(
             max_errors=app_settings.MAX_ERRORS,
             max_auth_attempts=app_settings.MAX_AUTH_ATTEMPTS,
-            max_recipients=app_settings.MAX_RECIPIENTS,
-            max_messages=app_settings.MAX_MESSAGES_PER_CONNECTION,
             idle_timeout=app_settings.IDLE_TIMEOUT,
             data_timeout=app_settings.DATA_TIMEOUT,
             bare_line_endings=app_settings.BARE_LINE_ENDINGS,
@@ -102,7 +99,7 @@ class _Commands(collections.abc.Mapping[str, Callable[[str], Awaitable[None]]]):
     def __getitem__(self, name: str) -> Callable[[str], Awaitable[None]]:
         if name not in self._names:
             raise KeyError(name)
-        return self._session._tracked(getattr(self._session, "smtp_" + name))
+        return self._session._tracked(name, getattr(self._session, "smtp_" + name))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -146,6 +143,8 @@ class SubmissionSMTP(SMTP):
         # The lines of a multi-line reply, while it is being built (see _one_write).
         self._held_lines: list[bytes] | None = None
         self._errors = 0
+        self._greeted = False
+        self._command: str | None = None  # the command being answered, if any
         self._data_deadline: float | None = None
         self._starttls_protocol: Any = None
         self._started = time.monotonic()
@@ -209,8 +208,7 @@ class SubmissionSMTP(SMTP):
         if data.command == V2_CMD.LOCAL or data.src_addr is None:
             return True  # the balancer's own health check: it is the peer
         client = str(data.src_addr)
-        self.meta["peer_address"] = client
-        self.meta["peer_port"] = data.src_port
+        self.meta.set_peer(client, data.src_port)
         refusal = self.state.readdress(self, balancer, client)
         if refusal:
             self.meta["refused"] = refusal
@@ -240,6 +238,7 @@ class SubmissionSMTP(SMTP):
                 peer=tuple(peer[:2]) if peer else None,
                 local=tuple(local[:2]) if local else None,
                 listener="implicit-tls" if self.implicit_tls else "starttls",
+                hostname=self.hostname,
             )
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
@@ -421,7 +420,19 @@ class SubmissionSMTP(SMTP):
     # -- replies -----------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
+        if not self._greeted:
+            # The first reply is the greeting, sent after a PROXY header has named the
+            # real client: the moment of smtp_server_connection_accepted.
+            self._greeted = True
+            refusal = await events.connection_accepted(self.meta)
+            if refusal is not None:
+                log.info("conn %s refused by policy: %s", self.meta["conn_id"], refusal)
+                self.meta["refused"] = refusal
+                self.close_with(refusal)
+                return
         if isinstance(status, str):
+            if events.rewrites_responses() and status[3:4] != "-":
+                status = await self._rewritten(status)
             status = replies.printable(status)
             if not self._raw_replies:
                 status = replies.with_enhanced_code(status)
@@ -447,6 +458,23 @@ class SubmissionSMTP(SMTP):
             self._held_lines.append(line + b"\r\n")
             return
         await super().push(status)
+
+    async def _rewritten(self, status: str) -> str:
+        """The reply as smtp_server_rewrite_response leaves it (the protocol's state is not
+        changed by it: the 250 after DATA, given once the message is stored, stays a 250)."""
+        if not status[:3].isdigit():
+            return status
+        code, text = int(status[:3]), status[4:]
+        new_code, new_text = await events.rewrite_response(code, text, self._command, self.meta)
+        if self._command == "DATA" and code == 250 and not 200 <= new_code < 300:
+            log.warning(
+                "conn %s: smtp_server_rewrite_response may not turn the 250 after DATA into %d: "
+                "the message is stored; the code is kept",
+                self.meta["conn_id"],
+                new_code,
+            )
+            new_code = code
+        return f"{new_code} {new_text}".rstrip()
 
     async def _raw(self, command: Callable[[str], Awaitable[None]], arg: str) -> None:
         # RFC 2034: the greeting and the EHLO/HELO replies carry no enhanced codes.
@@ -537,16 +565,19 @@ class SubmissionSMTP(SMTP):
     # -- graceful shutdown ------------------------------------------------------------
 
     def _tracked(
-        self, method: Callable[[str], Awaitable[None]]
+        self, name: str, method: Callable[[str], Awaitable[None]]
     ) -> Callable[[str], Awaitable[None]]:
-        """Wrap a command so a draining server can tell idle sessions from busy ones."""
+        """Wrap a command so a draining server can tell idle sessions from busy ones, and
+        replies can be told which command they answer (smtp_server_rewrite_response)."""
 
         async def run(arg: str) -> None:
             self._busy = True
+            self._command = name
             try:
                 await method(arg)
             finally:
                 self._busy = False
+                self._command = None
             if self.draining and not self.in_transaction:
                 self.close_for_shutdown()
 

@@ -1,0 +1,363 @@
+"""The events, run for the protocol layer: handler chains in, SMTP replies out.
+
+``protocol/`` calls one function here per SMTP step and gets back what to
+answer; every decision is taken by the handlers of the event
+(:mod:`kumosubmit.hooks.registry`), built-in or the project's. The rules
+shared by all events:
+
+- ``reject(code, text)`` in any handler gives exactly that reply, and stops
+  the chain; a ``421`` also closes the connection (the protocol does that for
+  every 421).
+- Any other exception, and a handler that takes longer than ``HOOK_TIMEOUT``,
+  gives a temporary failure (``454 4.7.0`` at AUTH, ``421 4.3.0`` instead of
+  the greeting, ``451 4.3.0`` elsewhere) and is logged with the password
+  blanked. It is never an accept.
+- A wrapper (an async generator handler) gets the event's outcome back at its
+  ``yield``: for ``smtp_server_auth_plain`` the verdict (True, False, or None
+  when there was none), for ``smtp_server_message_received`` whether the
+  message was stored, for the others whether the command was accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kumosubmit.hooks import registry
+from kumosubmit.hooks.message import EnvelopeAddress, Message
+from kumosubmit.hooks.reject import Reject
+from kumosubmit.meta import (
+    AUTH_ERROR,
+    AUTH_FAILURE,
+    AUTH_SUCCESS,
+    ConnectionMeta,
+)
+
+log = logging.getLogger("kumosubmit.hooks")
+
+CONNECTION_ACCEPTED = "smtp_server_connection_accepted"
+EHLO = "smtp_server_ehlo"
+AUTH_PLAIN = "smtp_server_auth_plain"
+MAIL_FROM = "smtp_server_mail_from"
+RCPT_TO = "smtp_server_rcpt_to"
+DATA = "smtp_server_data"
+MESSAGE_RECEIVED = "smtp_server_message_received"
+REWRITE_RESPONSE = "smtp_server_rewrite_response"
+
+AUTH_SUCCESS_REPLY = "235 2.7.0 Authentication successful"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure"
+TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
+CONNECTION_TEMPFAIL = "421 4.3.0 Temporary failure, please try again later"
+NO_RECIPIENTS = "554 5.5.1 No valid recipients"
+
+#: conn_meta.cache key: seconds to hold the current command's reply (delay_reply).
+_REPLY_DELAY = "reply_delay"
+
+
+@dataclass
+class Transaction:
+    """The mail transaction as the hooks saw it: ``conn_meta.transaction``."""
+
+    sender: EnvelopeAddress
+    recipients: list[EnvelopeAddress] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AuthVerdict:
+    """What an AUTH attempt came to: the reply, and whether the client is in."""
+
+    success: bool
+    reply: str
+
+
+def delay_reply(conn_meta: ConnectionMeta, seconds: float) -> None:
+    """Hold the reply to the current command for at least ``seconds`` (a tarpit).
+
+    The built-in failed-AUTH penalties answer a wrong password this way; only
+    the session concerned waits.
+    """
+    conn_meta.cache[_REPLY_DELAY] = max(seconds, conn_meta.cache.get(_REPLY_DELAY, 0.0))
+
+
+async def _hold_reply(conn_meta: ConnectionMeta) -> None:
+    delay = conn_meta.cache.pop(_REPLY_DELAY, 0.0)
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def _log_failure(
+    event: str, meta: ConnectionMeta, reply: str, error: BaseException, secret: str = ""
+) -> None:
+    text = "".join(traceback.format_exception(error))
+    if secret:
+        text = text.replace(secret, "***")
+    log.error("conn %s: %s failed; answered %s:\n%s", meta.get("conn_id"), event, reply[:3], text)
+
+
+class _Run:
+    """One run of an event's chain: the wrappers entered, to be told the outcome."""
+
+    def __init__(self, event: str, args: tuple[Any, ...]) -> None:
+        self.event = event
+        self.args = args
+        self.wrappers: list[Any] = []
+
+    async def handlers(self, until: Callable[[Any], bool] | None = None) -> Any:
+        """Run the chain; stop at the first result ``until`` accepts. Return that result."""
+        result = None
+        for handler in registry.chain(self.event):
+            if handler.wrapper:
+                generator = handler.func(*self.args)
+                await registry.bounded(self.event, generator.__anext__())
+                self.wrappers.append(generator)
+                continue
+            result = await registry.call(self.event, handler, *self.args)
+            if until is not None and until(result):
+                break
+        return result
+
+    async def finish(self, outcome: Any) -> Reject | None:
+        """Send ``outcome`` to the wrappers, last entered first; a Reject one of them raised."""
+        refusal = None
+        while self.wrappers:
+            generator = self.wrappers.pop()
+            try:
+                await registry.bounded(self.event, generator.asend(outcome))
+            except StopAsyncIteration:
+                continue
+            except Reject as error:
+                refusal = refusal or error
+                continue
+            await generator.aclose()
+            raise RuntimeError(f"a {self.event} wrapper yielded more than once")
+        return refusal
+
+
+async def _simple(
+    event: str, args: tuple[Any, ...], meta: ConnectionMeta, tempfail: str
+) -> str | None:
+    """Run an event whose handlers return nothing: None to go on, or the refusal."""
+    run = _Run(event, args)
+    try:
+        await run.handlers()
+    except Reject as error:
+        await _finish_quietly(run, False, meta)
+        return error.reply
+    except Exception as error:
+        _log_failure(event, meta, tempfail, error)
+        await _finish_quietly(run, False, meta)
+        return tempfail
+    try:
+        refusal = await run.finish(True)
+    except Exception as error:
+        _log_failure(event, meta, tempfail, error)
+        return tempfail
+    return refusal.reply if refusal else None
+
+
+async def _finish_quietly(run: _Run, outcome: Any, meta: ConnectionMeta, secret: str = "") -> None:
+    """Tell the wrappers of a refused run; what they raise now changes nothing."""
+    try:
+        await run.finish(outcome)
+    except Exception as error:
+        _log_failure(run.event, meta, "(unchanged)", error, secret)
+
+
+# -- the events, in the order a session meets them -----------------------------------------
+
+
+async def connection_accepted(meta: ConnectionMeta) -> str | None:
+    """Before the greeting (after a PROXY header): None, or the reply to close with."""
+    if not registry.has_handlers(CONNECTION_ACCEPTED):
+        return None
+    return await _simple(CONNECTION_ACCEPTED, (meta,), meta, CONNECTION_TEMPFAIL)
+
+
+def _extension(line: Any) -> str:
+    if not isinstance(line, str) or not line or not line.isascii() or not line.isprintable():
+        raise ValueError(f"{line!r} is not an EHLO extension line")
+    return line
+
+
+async def ehlo(
+    domain: str, meta: ConnectionMeta, extensions: Sequence[str], *, extended: bool, tls: bool
+) -> list[str] | str:
+    """EHLO or HELO: the extensions to advertise (each handler may return a new list),
+    or the refusal. AUTH is never advertised before TLS, whatever a handler returns."""
+    meta.set_ehlo(domain, extended=extended)
+    current = list(extensions)
+    chain = registry.chain(EHLO)
+    if not chain:
+        return current
+    run = _Run(EHLO, ())
+    try:
+        for handler in chain:
+            args = (domain, meta, list(current))
+            if handler.wrapper:
+                run.args = args
+                generator = handler.func(*args)
+                await registry.bounded(EHLO, generator.__anext__())
+                run.wrappers.append(generator)
+                continue
+            result = await registry.call(EHLO, handler, *args)
+            if result is not None and extended:
+                current = [_extension(line) for line in result]
+    except Reject as error:
+        await _finish_quietly(run, False, meta)
+        return error.reply
+    except Exception as error:
+        _log_failure(EHLO, meta, TEMPFAIL, error)
+        await _finish_quietly(run, False, meta)
+        return TEMPFAIL
+    try:
+        refusal = await run.finish(True)
+    except Exception as error:
+        _log_failure(EHLO, meta, TEMPFAIL, error)
+        return TEMPFAIL
+    if refusal:
+        return refusal.reply
+    if not tls:
+        current = [line for line in current if line.split(" ", 1)[0].upper() != "AUTH"]
+    return current
+
+
+def _decided(result: Any) -> bool:
+    return result is not None
+
+
+async def auth_plain(
+    mechanism: str, authz: str, authc: str, password: str, meta: ConnectionMeta
+) -> AuthVerdict:
+    """AUTH PLAIN or LOGIN: only a plain ``True`` from the first handler that decides lets
+    the client in; ``False`` is 535; ``None`` passes to the next handler; anything else,
+    or no decision at all, is 454."""
+    run = _Run(AUTH_PLAIN, (authz, authc, password, meta))
+    verdict: Any = None
+    outcome = AUTH_ERROR
+    reply = AUTH_TEMPFAIL
+    try:
+        verdict = await run.handlers(until=_decided)
+    except Reject as error:
+        reply = error.reply
+        outcome = error.auth_outcome or (AUTH_FAILURE if reply.startswith("5") else AUTH_ERROR)
+        verdict = False if outcome == AUTH_FAILURE else None
+    except Exception as error:
+        _log_failure(AUTH_PLAIN, meta, AUTH_TEMPFAIL, error, password)
+        verdict = None
+    else:
+        if verdict is True:
+            outcome, reply = AUTH_SUCCESS, AUTH_SUCCESS_REPLY
+        elif verdict is False:
+            outcome, reply = AUTH_FAILURE, AUTH_INVALID
+        else:
+            log.error(
+                "conn %s: %s gave %s for %r; answered 454",
+                meta.get("conn_id"),
+                AUTH_PLAIN,
+                "no decision" if verdict is None else f"a {type(verdict).__name__}, not a bool",
+                authc,
+            )
+            verdict = None
+    try:
+        refusal = await run.finish(verdict)
+    except Exception as error:
+        _log_failure(AUTH_PLAIN, meta, AUTH_TEMPFAIL, error, password)
+        refusal = Reject(454, AUTH_TEMPFAIL[4:])
+        refusal.auth_outcome = AUTH_ERROR
+    if refusal is not None:
+        reply = refusal.reply
+        outcome = refusal.auth_outcome or (AUTH_FAILURE if reply.startswith("5") else AUTH_ERROR)
+    meta.record_auth(mechanism, authz, authc, outcome)
+    await _hold_reply(meta)
+    return AuthVerdict(outcome == AUTH_SUCCESS, reply)
+
+
+async def mail_from(address: str, meta: ConnectionMeta) -> str | None:
+    """MAIL FROM: None to accept (a new transaction begins), or the refusal."""
+    sender = EnvelopeAddress(address)
+    meta.transaction = Transaction(sender)
+    refusal = await _simple(MAIL_FROM, (sender, meta), meta, TEMPFAIL)
+    if refusal is not None:
+        meta.transaction = None
+    return refusal
+
+
+async def rcpt_to(address: str, meta: ConnectionMeta) -> str | None:
+    """RCPT TO: None to accept the recipient, or the refusal."""
+    recipient = EnvelopeAddress(address)
+    refusal = await _simple(RCPT_TO, (recipient, meta), meta, TEMPFAIL)
+    if refusal is None and meta.transaction is not None:
+        meta.transaction.recipients.append(recipient)
+    return refusal
+
+
+async def data(message: Message, meta: ConnectionMeta) -> str | None:
+    """After DATA, before the trace header: None to go on, or the refusal. The
+    recipients are fixed from here on; a message left with none is refused."""
+    refusal = await _simple(DATA, (message, meta), meta, TEMPFAIL)
+    if refusal is not None:
+        return refusal
+    try:
+        if not message.freeze_recipients():
+            return NO_RECIPIENTS
+    except ValueError as error:
+        _log_failure(DATA, meta, TEMPFAIL, error)
+        return TEMPFAIL
+    return None
+
+
+async def message_received(
+    message: Message, meta: ConnectionMeta, store: Callable[[Message], Awaitable[str]]
+) -> str:
+    """After the trace header: the handlers, then ``store`` (the spool commit, which gives
+    the 250), then the wrappers learn whether the message was stored."""
+    run = _Run(MESSAGE_RECEIVED, (message, meta))
+    try:
+        await run.handlers()
+    except Reject as error:
+        await _finish_quietly(run, False, meta)
+        return error.reply
+    except Exception as error:
+        _log_failure(MESSAGE_RECEIVED, meta, TEMPFAIL, error)
+        await _finish_quietly(run, False, meta)
+        return TEMPFAIL
+    reply = await store(message)
+    # The message is stored (or not) now: a wrapper can no longer change the answer.
+    await _finish_quietly(run, reply.startswith("2"), meta)
+    return reply
+
+
+def rewrites_responses() -> bool:
+    return registry.has_handlers(REWRITE_RESPONSE)
+
+
+async def rewrite_response(
+    status: int, response: str, command: str | None, meta: ConnectionMeta
+) -> tuple[int, str]:
+    """Let the handlers change a reply's code or text (each returns None, or a pair in
+    which None keeps that part). A failure keeps the reply as it was."""
+    for handler in registry.chain(REWRITE_RESPONSE):
+        try:
+            result = await registry.call(REWRITE_RESPONSE, handler, status, response, command, meta)
+            if result is None:
+                continue
+            new_status, new_response = result
+            if new_status is not None:
+                if not isinstance(new_status, int) or not 200 <= new_status <= 599:
+                    raise ValueError(f"{new_status!r} is not an SMTP reply code")
+                status = new_status
+            if new_response is not None:
+                response = " ".join(str(new_response).split())
+        except Exception as error:
+            log.error(
+                "conn %s: %s failed; the reply is kept:\n%s",
+                meta.get("conn_id"),
+                REWRITE_RESPONSE,
+                "".join(traceback.format_exception(error)),
+            )
+    return status, response

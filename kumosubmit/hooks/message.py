@@ -1,0 +1,186 @@
+"""What hooks see of envelope addresses and messages, after KumoMTA's Lua objects.
+
+:class:`EnvelopeAddress` is KumoMTA's EnvelopeAddress (``user``, ``domain``,
+``str()``). :class:`Message` is the message handed to ``smtp_server_data`` and
+``smtp_server_message_received``: its envelope, its meta and its content,
+which handlers change in place. What they change is what the spool stores,
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+from typing import Any
+
+from kumosubmit.addresses import is_recipient
+from kumosubmit.meta import JsonMeta
+
+
+@dataclass(frozen=True)
+class EnvelopeAddress:
+    """An address of the envelope (``""`` for the null sender ``<>``)."""
+
+    address: str
+
+    @property
+    def user(self) -> str:
+        """The local part."""
+        return self.address.rpartition("@")[0] if "@" in self.address else self.address
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2] if "@" in self.address else ""
+
+    @property
+    def email(self) -> str:
+        return self.address
+
+    def __str__(self) -> str:
+        return self.address
+
+
+def _recipient(value: EnvelopeAddress | str) -> EnvelopeAddress:
+    address = str(value)
+    if not is_recipient(address):
+        raise ValueError(f"{address!r} is not a recipient address")
+    return value if isinstance(value, EnvelopeAddress) else EnvelopeAddress(address)
+
+
+def _header_line(name: str, value: str) -> bytes:
+    if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
+        raise ValueError(f"{name!r} is not a header field name")
+    if "\r" in value or "\n" in value:
+        # A folded value is welcome, as long as every line break is CRLF plus white space.
+        lines = value.replace("\r\n", "\n").split("\n")
+        if any(not line.startswith((" ", "\t")) for line in lines[1:]) or "\r" in "".join(lines):
+            raise ValueError(f"the value of {name} has a line break that does not fold it")
+        value = "\r\n".join(lines)
+    return f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+
+
+class Message:
+    """One message in the making: envelope, meta, and content.
+
+    ``recipients`` can be changed (a new list, or the list in place) in
+    ``smtp_server_data`` only; from the trace header on they are fixed.
+    ``content`` is read-only; headers are added with :meth:`prepend_header`
+    and :meth:`append_header`.
+    """
+
+    def __init__(
+        self,
+        sender: str,
+        recipients: Iterable[str],
+        content: bytearray,
+        meta: dict[str, Any],
+    ) -> None:
+        self.sender = EnvelopeAddress(sender)
+        self._recipients: list[EnvelopeAddress] | tuple[EnvelopeAddress, ...] = [
+            EnvelopeAddress(r) for r in recipients
+        ]
+        self._content = content  # the session's buffer: changed in place, never copied
+        self.meta = JsonMeta(meta)
+
+    # -- the envelope -----------------------------------------------------------------
+
+    @property
+    def recipients(self) -> list[EnvelopeAddress] | tuple[EnvelopeAddress, ...]:
+        return self._recipients
+
+    @recipients.setter
+    def recipients(self, value: Iterable[EnvelopeAddress | str]) -> None:
+        if isinstance(self._recipients, tuple):
+            raise AttributeError("recipients can be changed in smtp_server_data only")
+        self._recipients = [_recipient(r) for r in value]
+
+    def recipient_list(self) -> list[EnvelopeAddress]:
+        """KumoMTA's ``message:recipient_list()``."""
+        return list(self._recipients)
+
+    def set_recipient_list(self, recipients: Iterable[EnvelopeAddress | str]) -> None:
+        self.recipients = recipients
+
+    def freeze_recipients(self) -> tuple[str, ...]:
+        """Check and fix the recipients (after ``smtp_server_data``); their addresses."""
+        if not isinstance(self._recipients, tuple):
+            self._recipients = tuple(_recipient(r) for r in self._recipients)
+        return tuple(r.address for r in self._recipients)
+
+    # -- meta ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> Any:
+        return self.meta.get_meta(key)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Set a key of this message's meta (stored with it); ``TypeError`` if not JSON."""
+        self.meta.set_meta(key, value)
+
+    # -- content -------------------------------------------------------------------------
+
+    @property
+    def content(self) -> bytes:
+        """The message as it will be stored (a copy: change it through the header methods)."""
+        return bytes(self._content)
+
+    @property
+    def buffer(self) -> bytearray:
+        """The content itself, for the spool (no copy); handlers use the methods below."""
+        return self._content
+
+    @property
+    def size(self) -> int:
+        return len(self._content)
+
+    def _header_end(self) -> int:
+        """Where the header section ends: the index of its closing empty line."""
+        content = self._content
+        if content.startswith(b"\r\n"):
+            return 0
+        end = content.find(b"\r\n\r\n")
+        return end + 2 if end != -1 else len(content)
+
+    def header_bytes(self) -> bytes:
+        return bytes(self._content[: self._header_end()])
+
+    def _headers(self) -> Any:
+        return BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.header_bytes())
+
+    def get_first_named_header(self, name: str) -> str | None:
+        """The (unfolded) value of the first header field called ``name``, or None."""
+        value = self._headers().get(name)
+        return None if value is None else " ".join(str(value).split())
+
+    def get_all_named_header(self, name: str) -> list[str]:
+        return [" ".join(str(v).split()) for v in self._headers().get_all(name, [])]
+
+    def from_header(self) -> Address | None:
+        """The first address of the ``From:`` header (``.username``, ``.domain``,
+        ``.addr_spec``, ``.display_name``), or None if there is none."""
+        pairs = getaddresses(self._headers().get_all("From", []))
+        for display_name, addr_spec in pairs:
+            if addr_spec:
+                username, _, domain = addr_spec.rpartition("@")
+                return Address(display_name=display_name, username=username, domain=domain)
+        return None
+
+    def from_addresses(self) -> list[str]:
+        """Every address of every ``From:`` header ('' for one that does not parse)."""
+        return [address for _, address in getaddresses(self._headers().get_all("From", []))]
+
+    def prepend_header(self, name: str, value: str) -> None:
+        """Add a header field at the top (where trace and signature fields go)."""
+        self._content[:0] = _header_line(name, value)
+
+    def prepend_raw(self, lines: bytes) -> None:
+        """Put complete CRLF-ended header lines at the top (the trace header)."""
+        self._content[:0] = lines
+
+    def append_header(self, name: str, value: str) -> None:
+        """Add a header field at the end of the header section."""
+        end = self._header_end()
+        self._content[end:end] = _header_line(name, value)

@@ -1,0 +1,73 @@
+"""Failed-AUTH penalties around ``smtp_server_auth_plain`` (the rules: credentials/throttle.py).
+
+A wrapper: before any handler checks a password it refuses a blocked address
+(``421``, and the connection closes) or a blocked login (``454``), so a flood of
+guesses costs one indexed query each and no argon2 work. Once the verdict is in,
+a refusal is counted and answered after a growing delay, and a success clears
+the address's count. If the block check cannot be made, the answer is ``454``
+(fail closed), as when a handler fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any, NoReturn
+
+from kumosubmit.credentials import throttle
+from kumosubmit.db import run_db
+from kumosubmit.hooks import Reject, delay_reply
+from kumosubmit.meta import AUTH_BLOCKED, AUTH_ERROR, ConnectionMeta
+
+log = logging.getLogger("kumosubmit.smtp")
+
+LOGIN_BLOCKED = (454, "4.7.0 Too many failed logins for this user, try again later")
+ADDRESS_BLOCKED = (421, "4.7.0 Too many failed logins from your address, closing connection")
+CHECK_FAILED = (454, "4.7.0 Temporary authentication failure")
+
+
+def _refuse(reply: tuple[int, str], outcome: str) -> NoReturn:
+    error = Reject(*reply)
+    error.auth_outcome = outcome
+    raise error
+
+
+async def auth_plain(
+    authz: str, authc: str, password: str, conn_meta: ConnectionMeta
+) -> AsyncGenerator[None, Any]:
+    policy = throttle.policy()
+    if not policy.enabled:
+        yield
+        return
+    address = conn_meta["peer_address"]
+    try:
+        standing = await throttle.check(policy, address, authc)
+    except Exception:
+        log.exception("conn %s: could not check AUTH blocks; answered 454", conn_meta["conn_id"])
+        _refuse(CHECK_FAILED, AUTH_ERROR)
+    block = standing.block
+    if block is not None:
+        conn_meta["auth_block"] = block.as_meta()
+        log.info(
+            "conn %s: AUTH for %r refused: %s %s blocked until %s",
+            conn_meta["conn_id"],
+            authc,
+            block.kind,
+            block.value,
+            block.until.isoformat(),
+        )
+        _refuse(LOGIN_BLOCKED if block.kind == throttle.LOGIN else ADDRESS_BLOCKED, AUTH_BLOCKED)
+    verdict = yield
+    if verdict is False:
+        try:
+            failure = await throttle.record_failure(policy, address, authc)
+            delay = policy.delay_for(failure.address_failures)
+        except Exception:
+            log.exception("conn %s: could not count an AUTH failure", conn_meta["conn_id"])
+            delay = policy.max_delay  # uncounted, so at least slow
+        delay_reply(conn_meta, delay)
+    elif verdict is True and standing.has_failures:
+        try:
+            await run_db(throttle.forget_failures, policy, address, authc)
+        except Exception:  # a success is never taken back for this
+            log.exception("conn %s: could not clear AUTH failures", conn_meta["conn_id"])
