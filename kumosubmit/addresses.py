@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import re
 
+#: The replies to an address that fails these checks (RFC 3463 X.1.7 and X.1.3).
+BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+
 MAX_PATH = 256  # RFC 5321 section 4.5.3.1.3, with the angle brackets
 MAX_LOCAL_PART = 64  # section 4.5.3.1.1
 MAX_DOMAIN = 255  # section 4.5.3.1.2

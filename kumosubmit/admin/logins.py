@@ -7,6 +7,7 @@ its counters and blocks, and its rows in the audit log.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import argon2
@@ -30,6 +31,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 
+from kumosubmit.admin.policy import policy_check_view
 from kumosubmit.credentials import hashing, throttle
 from kumosubmit.credentials.models import (
     AllowedSender,
@@ -300,6 +302,11 @@ class SmtpLoginAdmin(admin.ModelAdmin):
                 "<path:object_id>/password/",
                 self.admin_site.admin_view(self.password_change_view),
                 name="kumosubmit_smtplogin_password_change",
+            ),
+            path(
+                "policy-check/",
+                self.admin_site.admin_view(partial(policy_check_view, model_admin=self)),
+                name="kumosubmit_smtplogin_policy_check",
             ),
             *super().get_urls(),
         ]

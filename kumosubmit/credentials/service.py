@@ -33,6 +33,7 @@ from kumosubmit.credentials.models import (
     normalize_username,
 )
 from kumosubmit.db import run_db, sqlite_turn
+from kumosubmit.hooks.dryrun import is_dry_run
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,10 @@ async def authenticate(authz: str, authc: str, password: str, conn_meta: dict[st
         return False
     new_hash = await hashing.amake_hash(password) if needs_rehash else None
     peer = conn_meta.get("peer_address")
-    recorded = candidate.nothing_to_record(new_hash, timezone.now(), peer) or await run_db(
-        _record_use, candidate, new_hash, peer
+    recorded = (
+        is_dry_run(conn_meta)  # smtppolicy: nothing is written
+        or candidate.nothing_to_record(new_hash, timezone.now(), peer)
+        or await run_db(_record_use, candidate, new_hash, peer)
     )
     if not recorded:
         _note(conn_meta, candidate.note(REVOKED, cached))

@@ -14,8 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.parser import BytesHeaderParser
-from email.utils import getaddresses
+from email.utils import format_datetime, getaddresses
 from typing import Any
+
+from django.utils import timezone
 
 from kumosubmit.addresses import is_recipient
 from kumosubmit.meta import JsonMeta
@@ -184,3 +186,25 @@ class Message:
         """Add a header field at the end of the header section."""
         end = self._header_end()
         self._content[end:end] = _header_line(name, value)
+
+
+def _printable(text: str | None) -> str:
+    return "".join(c for c in (text or "") if c.isprintable() and c.isascii())[:255]
+
+
+def trace_header(
+    hostname: str, meta: dict[str, Any], recipients: tuple[str, ...], queue_id: str
+) -> bytes:
+    """The trace header for this hop (RFC 5321 section 4.4; ESMTPSA from RFC 3848)."""
+    ip = meta["peer_address"] or "unknown"
+    literal = f"IPv6:{ip}" if ":" in ip else ip
+    lines = [
+        f"Received: from {_printable(meta['ehlo_name']) or 'unknown'} ([{literal}])",
+        f"\tby {hostname} (kumosubmit) with ESMTPSA id {queue_id}",
+        f"\t(version={meta['tls_version']} cipher={meta['tls_cipher']})",
+    ]
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{_printable(recipients[0])}>")
+    lines[-1] += ";"
+    lines.append(f"\t{format_datetime(timezone.now())}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")

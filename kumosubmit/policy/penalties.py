@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from kumosubmit.credentials import throttle
 from kumosubmit.db import run_db
 from kumosubmit.hooks import Reject, delay_reply
+from kumosubmit.hooks.dryrun import is_dry_run
 from kumosubmit.meta import AUTH_BLOCKED, AUTH_ERROR, ConnectionMeta
 
 log = logging.getLogger("kumosubmit.smtp")
@@ -58,6 +59,8 @@ async def auth_plain(
         )
         _refuse(LOGIN_BLOCKED if block.kind == throttle.LOGIN else ADDRESS_BLOCKED, AUTH_BLOCKED)
     verdict = yield
+    if is_dry_run(conn_meta):
+        return  # nothing counted, cleared or delayed
     if verdict is False:
         try:
             failure = await throttle.record_failure(policy, address, authc)

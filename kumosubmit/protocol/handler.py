@@ -11,16 +11,14 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
-from django.utils import timezone
 
 from kumosubmit.addresses import is_mailbox, is_recipient
 from kumosubmit.hooks import events
-from kumosubmit.hooks.message import Message
-from kumosubmit.meta import AUTH_ABORTED, ConnectionMeta
+from kumosubmit.hooks.message import Message, trace_header
+from kumosubmit.meta import AUTH_ABORTED
 from kumosubmit.protocol import replies
 from kumosubmit.protocol.data import declared_size
 from kumosubmit.protocol.sasl import (
@@ -56,28 +54,6 @@ class AuthIdentity:
 
 def _is_printable_ascii(text: str) -> bool:
     return text.isascii() and text.isprintable()
-
-
-def _printable(text: str | None) -> str:
-    return "".join(c for c in (text or "") if c.isprintable() and c.isascii())[:255]
-
-
-def received_header(
-    hostname: str, meta: ConnectionMeta, recipients: tuple[str, ...], queue_id: str
-) -> bytes:
-    """The trace header for this hop (RFC 5321 section 4.4; ESMTPSA from RFC 3848)."""
-    ip = meta["peer_address"] or "unknown"
-    literal = f"IPv6:{ip}" if ":" in ip else ip
-    lines = [
-        f"Received: from {_printable(meta['ehlo_name']) or 'unknown'} ([{literal}])",
-        f"\tby {hostname} (kumosubmit) with ESMTPSA id {queue_id}",
-        f"\t(version={meta['tls_version']} cipher={meta['tls_cipher']})",
-    ]
-    if len(recipients) == 1:
-        lines.append(f"\tfor <{_printable(recipients[0])}>")
-    lines[-1] += ";"
-    lines.append(f"\t{format_datetime(timezone.now())}")
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 
 class SubmissionHandler:
@@ -262,7 +238,7 @@ class SubmissionHandler:
         queue_id = uuid.uuid4().hex
         recipients = message.freeze_recipients()
         # The trace header goes in front, in place (a realloc, not a second copy).
-        message.prepend_raw(received_header(server.hostname, meta, recipients, queue_id))
+        message.prepend_raw(trace_header(server.hostname, meta, recipients, queue_id))
 
         async def store(message: Message) -> str:
             spooled = SpooledMessage(

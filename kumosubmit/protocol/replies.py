@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-AUTH_SUCCESS = "235 2.7.0 Authentication successful"
-AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
-AUTH_TEMPFAIL = "454 4.7.0 Temporary authentication failure"
-LOGIN_BLOCKED = "454 4.7.0 Too many failed logins for this user, try again later"
-ADDRESS_BLOCKED = "421 4.7.0 Too many failed logins from your address, closing connection"
+# Kept with the address checks they answer; policy replies are with their handlers
+# (kumosubmit/policy/, kumosubmit/hooks/events.py).
+from kumosubmit.addresses import BAD_RECIPIENT as BAD_RECIPIENT
+from kumosubmit.addresses import BAD_SENDER as BAD_SENDER
+
 AUTH_MALFORMED = "501 5.5.2 Cannot decode AUTH response"
 AUTH_CANCELLED = "501 5.7.0 Authentication cancelled"
 AUTH_ALREADY = "503 5.5.1 Already authenticated"
@@ -22,13 +22,7 @@ TIMEOUT = "421 4.4.2 Timeout, closing connection"
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, please try again later"
 TOO_MANY_CONNECTIONS_FROM_YOU = "421 4.7.0 Too many connections from your address"
-TOO_MANY_MESSAGES = "421 4.7.0 Too many messages in one connection, please reconnect"
-TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 BAD_HELO = "501 5.5.4 Invalid EHLO/HELO name"
-BAD_SENDER = "501 5.1.7 Bad sender address syntax"
-SENDER_NOT_ALLOWED = "553 5.7.1 Sender address not allowed for this login"
-HEADER_FROM_NOT_ALLOWED = "550 5.7.1 From: header address not allowed for this login"
-BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 BARE_LINE_ENDING = "550 5.6.0 Message contains a bare CR or LF; lines must end with CRLF"
 MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 section 4.5.3.1.6)"
