@@ -22,6 +22,10 @@ In one run it starts, side by side on loopback, and measures with bench/loadgen.
 - Postfix with Dovecot SASL on an ARGON2ID passwd-file
   (/work/shared/anchors/postfix-submission.sh, 127.0.0.1:10587), if it can be started.
 
+``--baseline PATH`` runs a checkout of another commit (``git worktree add PATH COMMIT``)
+beside kumosubmit, each messages and mixed run in turn with it, and adds targets:
+messages/s and the message p99 within 5 % of that baseline.
+
 Sections (``--only``): limit, auth, messages, mixed, idle, large. It prints a table
 with each issue-5 target and PASS or MISS. A default run takes about 10-11 minutes;
 ``--quick`` (short durations, small counts) about two.
@@ -55,6 +59,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen  # noqa: E402 - bench/ is not a package
 
 SECTIONS = ("limit", "auth", "messages", "mixed", "idle", "large")
+#: The target name of ``--baseline``'s server.
+BASELINE = "baseline"
 POSTFIX_ANCHOR = Path("/work/shared/anchors/postfix-submission.sh")
 POSTFIX_PORT = 10587
 PASSWORD = "pw"  # noqa: S105 - the benchmark logins' password (as the Postfix anchor's)
@@ -224,7 +230,11 @@ class Kumosubmit:
         *,
         cheap: bool = False,
         metrics: bool = False,
+        root: Path = ROOT,
+        name: str = "kumosubmit",
     ) -> None:
+        self.root = root
+        self.name = name
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.database_url = database_url or f"sqlite:///{directory / 'bench.sqlite3'}"
@@ -247,9 +257,9 @@ class Kumosubmit:
 
     def _manage(self, *args: str) -> None:
         subprocess.run(  # noqa: S603 - our own manage.py
-            [sys.executable, str(ROOT / "manage.py"), *args],
+            [sys.executable, str(self.root / "manage.py"), *args],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.root,
             check=True,
             capture_output=True,
             timeout=300,
@@ -274,7 +284,7 @@ class Kumosubmit:
             self.proc = subprocess.Popen(  # noqa: S603 - our own manage.py
                 [
                     sys.executable,
-                    str(ROOT / "manage.py"),
+                    str(self.root / "manage.py"),
                     "runsmtpd",
                     "--listen",
                     f"127.0.0.1:{self.port}",
@@ -287,7 +297,7 @@ class Kumosubmit:
                     ),
                 ],
                 env=self.env,
-                cwd=ROOT,
+                cwd=self.root,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -295,7 +305,7 @@ class Kumosubmit:
             wait_for_greeting(self.port, self.proc, 120)
         except RuntimeError as error:
             raise RuntimeError(f"runsmtpd: {error}; log:\n{self.log_text()[-3000:]}") from None
-        name = "kumosubmit (cheap argon2)" if self.cheap else "kumosubmit"
+        name = f"{self.name} (cheap argon2)" if self.cheap else self.name
         return Target(name, self.port, self.proc.pid)
 
     @property
@@ -455,21 +465,20 @@ def run_sections(
                     print(f"    physical limit again, after it: {after}/s", flush=True)
     if "messages" in sections:
         print("== messages per second, 10 KB", flush=True)
-        results["messages"] = {
-            name: {
-                f"{n}x{c}": load(
-                    target,
-                    plan,
-                    scenario="messages",
-                    per_session=n,
-                    concurrency=c,
-                    duration=plan.message_seconds,
-                )
-                for n in plan.per_session
-                for c in plan.message_concurrency
-            }
-            for name, target in targets.items()
-        }
+        results["messages"] = {name: {} for name in targets}
+        # Each configuration on every server in turn, so that the machine's drift over
+        # minutes falls on all of them alike (the baseline comparison needs that).
+        for n in plan.per_session:
+            for c in plan.message_concurrency:
+                for name, target in targets.items():
+                    results["messages"][name][f"{n}x{c}"] = load(
+                        target,
+                        plan,
+                        scenario="messages",
+                        per_session=n,
+                        concurrency=c,
+                        duration=plan.message_seconds,
+                    )
     if "mixed" in sections:
         print("== mixed: 1 message per session at concurrency 8, 8 clients authenticating")
         results["mixed"] = {
@@ -622,6 +631,7 @@ def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
                 "pass": kumo_500 >= postfix,
             }
         )
+    rows += baseline_verdicts(results)
     idle = results.get("idle")
     if idle:
         rss = idle.get("rss_held_kib")
@@ -675,8 +685,48 @@ def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
     return rows
 
 
+def baseline_verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """kumosubmit beside ``--baseline`` (an earlier commit), run for run: within 5 %."""
+    rows = []
+    messages = results.get("messages") or {}
+    ours, base = messages.get("kumosubmit") or {}, messages.get(BASELINE) or {}
+    for key in ours:
+        mine, theirs = ours[key] or {}, base.get(key) or {}
+        if mine.get("rate") and theirs.get("rate"):
+            ratio = mine["rate"] / theirs["rate"]
+            rows.append(
+                {
+                    "target": f"messages/s {key} >= 95 % of the baseline",
+                    "value": f"{mine['rate']:.0f}/s = {ratio:.0%} of {theirs['rate']:.0f}",
+                    "threshold": f">= {0.95 * theirs['rate']:.0f}/s",
+                    "pass": ratio >= 0.95,
+                }
+            )
+        if mine.get("p99_ms") and theirs.get("p99_ms"):
+            rows.append(
+                {
+                    "target": f"message p99 {key} <= 105 % of the baseline",
+                    "value": f"{mine['p99_ms']:.1f} ms (baseline {theirs['p99_ms']:.1f} ms)",
+                    "threshold": f"<= {1.05 * theirs['p99_ms']:.1f} ms",
+                    "pass": mine["p99_ms"] <= 1.05 * theirs["p99_ms"],
+                }
+            )
+    mixed = results.get("mixed") or {}
+    mine, theirs = mixed.get("kumosubmit") or {}, mixed.get(BASELINE) or {}
+    if mine.get("p99_ms") and theirs.get("p99_ms"):
+        rows.append(
+            {
+                "target": "mixed: message p99 <= 105 % of the baseline",
+                "value": f"{mine['p99_ms']:.1f} ms (baseline {theirs['p99_ms']:.1f} ms)",
+                "threshold": f"<= {1.05 * theirs['p99_ms']:.1f} ms",
+                "pass": mine["p99_ms"] <= 1.05 * theirs["p99_ms"],
+            }
+        )
+    return rows
+
+
 def print_table(results: dict[str, Any], rows: list[dict[str, Any]], servers: list[str]) -> None:
-    names = [n for n in ("kumosubmit", "sink", "Postfix") if n in servers]
+    names = [n for n in ("kumosubmit", BASELINE, "sink", "Postfix") if n in servers]
     print()
     limit = results.get("limit")
     if limit:
@@ -770,7 +820,7 @@ def servers(
 ) -> Iterator[tuple[dict[str, Target], Kumosubmit | None, str]]:
     """Start what the sections need; stop everything, whatever happens."""
     needs_all = any(s in sections for s in ("auth", "messages", "mixed", "large"))
-    kumo = sink = postfix = None
+    kumo = baseline = sink = postfix = None
     drops: list[Any] = []
     notes = ""
     targets: dict[str, Target] = {}
@@ -787,6 +837,15 @@ def servers(
             print("starting kumosubmit, the sink and Postfix ...", flush=True)
             kumo = Kumosubmit(directory / "kumosubmit", database("main"), options.workers)
             targets["kumosubmit"] = kumo.start()
+            if options.baseline:
+                baseline = Kumosubmit(
+                    directory / BASELINE,
+                    database(BASELINE),
+                    options.workers,
+                    root=options.baseline,
+                    name=BASELINE,
+                )
+                targets[BASELINE] = baseline.start()
             sink = Sink(options.workers)
             targets["sink"] = sink.start()
             if not options.no_postfix:
@@ -812,6 +871,8 @@ def servers(
     finally:
         if kumo is not None:
             kumo.stop()
+        if baseline is not None:
+            baseline.stop()
         if sink is not None:
             sink.stop()
         if postfix is not None:
@@ -831,6 +892,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="runsmtpd --workers (and sink)")
     parser.add_argument("--idle-sessions", type=int, help="idle sessions to hold (10000)")
     parser.add_argument("--no-postfix", action="store_true", help="leave Postfix out")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="PATH",
+        help="a checkout of another commit (git worktree add PATH COMMIT): its runsmtpd "
+        "runs beside this one, each run in turn, and kumosubmit must stay within 5 %% of it",
+    )
     parser.add_argument(
         "--seconds",
         type=float,
