@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kumosubmit import hooks
 from kumosubmit.audit.models import ConnectionRecord
 from kumosubmit.credentials.service import authenticate
+from kumosubmit.hooks import Reject
+from kumosubmit.meta import ConnectionMeta
+from kumosubmit.policy import limits
 from kumosubmit.spool.models import Message
 from tests import hook_examples
 from tests.live import RawClient, plain_blob, quitting
@@ -64,6 +67,63 @@ def test_every_example_is_quoted_in_the_document():
     assert len(sections) >= 12
     for name, code in sections:
         assert code.strip() in quoted, f"the {name!r} example is not quoted in docs/hooks.md"
+
+
+RUN_BLOCK = re.compile(
+    r"<!-- run by tests/test_hook_examples.py -->\n```python\n(.*?)```", re.DOTALL
+)
+
+
+def test_every_python_block_of_the_document_is_tested():
+    text = DOC.read_text()
+    marked = len(MARKED_BLOCK.findall(text)) + len(RUN_BLOCK.findall(text))
+    assert text.count("```python") == marked
+
+
+def doc_snippet(containing: str) -> str:
+    """The block of docs/hooks.md run by this module that contains ``containing``.
+
+    The snippets are run with ``exec`` (S102): they are this repository's own text.
+    """
+    (code,) = [code for code in RUN_BLOCK.findall(DOC.read_text()) if containing in code]
+    return code
+
+
+def test_the_first_example_of_the_document(smtp_server, make_login):
+    make_login("mallory@bad.example", "mallorys password")
+    exec(doc_snippet("@on("), {})  # noqa: S102 (registers its handler, as an import would)
+    with quitting(smtp_server.starttls()) as client:
+        assert login(client, "mallory@bad.example", "mallorys password") == 235
+        assert client.docmd("MAIL FROM:<mallory@bad.example>") == (
+            550,
+            b"5.7.1 not from that domain",
+        )
+
+
+def test_the_reject_snippet():
+    with pytest.raises(Reject) as refusal:
+        exec(doc_snippet("import reject\nreject(550"), {})  # noqa: S102
+    assert refusal.value.reply == "550 5.7.1 not from that domain"
+    assert Reject(450, "mailbox busy").reply == "450 4.0.0 mailbox busy"
+
+
+def test_the_conn_meta_snippet():
+    conn_meta = ConnectionMeta(peer=("192.0.2.7", 4321), local=("127.0.0.1", 587), listener="x")
+    exec(doc_snippet("conn_meta.set_meta"), {"conn_meta": conn_meta})  # noqa: S102
+    assert conn_meta.get_meta("received_from") == "192.0.2.7:4321"
+    assert conn_meta["tenant"] == {"name": "acme", "tier": 2}
+    with pytest.raises(TypeError, match="meta value for 'when' is not JSON"):
+        conn_meta.set_meta("when", object())
+
+
+def test_the_builtin_hooks_snippet(settings):
+    namespace: dict = {}
+    exec(doc_snippet('"BUILTIN_HOOKS"'), namespace)  # noqa: S102
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, **namespace["KUMOSUBMIT"]}
+    assert hooks.get_handlers("smtp_server_mail_from") == [limits.mail_from]
+    # No penalties; the login check stays, being no built-in of the list.
+    assert hooks.get_handlers("smtp_server_auth_plain") == [authenticate]
+    assert hooks.get_handlers("smtp_server_rcpt_to") == [limits.rcpt_to]
 
 
 # -- a deny-listed peer at connection --------------------------------------------------------
