@@ -174,7 +174,7 @@ log = logging.getLogger("myproject.auth")
 async def log_auth_outcome(authz, authc, password, conn_meta):
     """A wrapper around smtp_server_auth_plain: runs before the others, then gets the verdict."""
     started = time.monotonic()
-    verdict = yield  # True, False, or None (no decision: the client got 454)
+    verdict = yield  # True, False, or None (no decision, an error, a 4xx refusal)
     outcome = {True: "accepted", False: "refused", None: "undecided"}[verdict]
     log.info("AUTH for %s %s in %.0f ms", authc, outcome, (time.monotonic() - started) * 1000)
 
