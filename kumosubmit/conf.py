@@ -102,7 +102,8 @@ DEFAULTS: dict[str, Any] = {
     # keeps the limits but drops the sender policy. Unlisted events keep
     # kumosubmit.hooks.registry.BUILTINS.
     "BUILTIN_HOOKS": {},
-    # Seconds a hook handler may take before the attempt is answered 454 (a hung hook).
+    # Seconds a hook handler may take; a late one is answered as a failing one is (454 at
+    # AUTH, 421 at connection, 451 elsewhere; docs/hooks.md).
     "HOOK_TIMEOUT": 10,
     # -- abuse limits --------------------------------------------------------------
     # Error replies (5xx) one connection may get; the next error is a 421 and a close.
