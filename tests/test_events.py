@@ -424,9 +424,9 @@ def test_rewrite_response_changes_replies_but_not_the_250_after_data(smtp_server
     reply, client = run_session(smtp_server, "DATA")
     assert client.greeting == [b"220 mx.test.invalid ESMTP ready"]
     client.close()
-    assert reply[0].startswith(b"250 5.0.0 no!") or reply[0].startswith(b"250 "), reply
+    assert reply[0].startswith(b"250 2.0.0 OK queued as "), reply  # kept whole
     assert Message.objects.count() == 1
-    assert "may not turn the 250 after DATA into 550" in caplog.text
+    assert "may not turn 250 (to DATA) into 550" in caplog.text
     client = RawClient(smtp_server)
     client.starttls()
     client.login(ALICE, PASSWORD)
@@ -505,3 +505,84 @@ def test_override_and_reset_restore_the_chain():
     assert hooks.get_handlers("smtp_server_mail_from") == builtin
     with pytest.raises(ValueError, match="4xx or 5xx"):
         reject(250, "fine")
+
+
+def test_rewrite_response_cannot_keep_a_closing_connection_open(smtp_server, alice, caplog):
+    @on("smtp_server_mail_from")
+    def go_away(sender, conn_meta):
+        reject(421, "4.7.0 go away")
+
+    @on("smtp_server_rewrite_response")
+    def soften(status, response, command, conn_meta):
+        if status == 421:
+            return 550, "5.7.1 just this one"
+        if command == "RCPT" and status == 501:
+            return 250, "2.1.5 fine"  # a refused recipient may not look accepted
+        return None
+
+    reply, client = run_session(smtp_server, "MAIL")
+    assert reply == [b"421 4.7.0 go away"] and client.closed()
+    client.close()
+    hooks.reset("smtp_server_mail_from")
+    client = RawClient(smtp_server)
+    client.starttls()
+    client.login(ALICE, PASSWORD)
+    assert client.command(f"MAIL FROM:<{ALICE}>".encode())[0].startswith(b"250")
+    assert client.command(b"RCPT TO:<not an address>")[0].startswith(b"501 5.1.3")
+    client.close()
+    assert "may not turn 421 (to MAIL) into 550" in caplog.text
+
+
+def test_a_wrapper_alone_keeps_the_builtin_login_check(smtp_server, alice):
+    outcomes = []
+
+    @on("smtp_server_auth_plain")
+    async def observe(authz, authc, password, conn_meta):
+        outcomes.append((yield))
+
+    with quitting(smtp_server.starttls()) as client:
+        login(client)
+    with quitting(smtp_server.starttls()) as client:
+        assert client.docmd("AUTH", "PLAIN " + plain_blob("", ALICE, "wrong"))[0] == 535
+    assert outcomes == [True, False]
+    with pytest.raises(ValueError, match="not wrappers"):
+
+        @on("smtp_server_rewrite_response")
+        async def wrong_kind(status, response, command, conn_meta):
+            yield
+
+
+def test_delay_reply_holds_the_reply_of_the_event_that_asked(smtp_server, alice):
+    @on("smtp_server_rcpt_to")
+    def tarpit(recipient, conn_meta):
+        if recipient.domain == "slow.example":
+            hooks.delay_reply(conn_meta, 0.5)
+
+    client = RawClient(smtp_server)
+    client.starttls()
+    client.login(ALICE, PASSWORD)
+    assert client.command(f"MAIL FROM:<{ALICE}>".encode())[0].startswith(b"250")
+    started = time.monotonic()
+    assert client.command(b"RCPT TO:<x@slow.example>")[0].startswith(b"250")
+    assert time.monotonic() - started >= 0.45
+    started = time.monotonic()
+    assert client.command(b"RCPT TO:<y@fast.example>")[0].startswith(b"250")
+    assert client.command(b"NOOP")[0].startswith(b"250")
+    assert time.monotonic() - started < 0.4
+    client.close()
+
+
+def test_conn_meta_set_while_receiving_reaches_the_message(smtp_server, alice):
+    @on("smtp_server_message_received")
+    def classify(message, conn_meta):
+        conn_meta.set_meta("last_subject", message.get_first_named_header("Subject"))
+        message.set_meta("tenant", "acme")
+
+    with quitting(smtp_server.starttls()) as client:
+        login(client)
+        client.sendmail(ALICE, [BOB], BODY)
+    stored = Message.objects.get()
+    assert stored.meta["last_subject"] == "hi" and stored.meta["tenant"] == "acme"
+    smtp_server.settle()
+    record = ConnectionRecord.objects.get()
+    assert record.meta["last_subject"] == "hi" and "tenant" not in record.meta

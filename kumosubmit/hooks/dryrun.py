@@ -146,7 +146,7 @@ async def dry_run(
     if not accepted:
         return result
     content = _normalized(message if message is not None else sample_message(mail_from, accepted))
-    msg = Message(mail_from, accepted, content, meta=meta)
+    msg = Message(mail_from, accepted, content, conn_meta=meta)
     refusal = await events.data(msg, meta)
     if not await session.step(
         events.DATA, f"{len(content)} bytes", refusal or "(on to the trace header)", "DATA"

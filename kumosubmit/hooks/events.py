@@ -76,7 +76,7 @@ class AuthVerdict:
 
 
 def delay_reply(conn_meta: ConnectionMeta, seconds: float) -> None:
-    """Hold the reply to the current command for at least ``seconds`` (a tarpit).
+    """Hold the reply to the current command for ``seconds`` (a tarpit), at any event.
 
     The built-in failed-AUTH penalties answer a wrong password this way; only
     the session concerned waits.
@@ -141,7 +141,17 @@ class _Run:
 async def _simple(
     event: str, args: tuple[Any, ...], meta: ConnectionMeta, tempfail: str
 ) -> str | None:
-    """Run an event whose handlers return nothing: None to go on, or the refusal."""
+    """Run an event whose handlers return nothing: None to go on, or the refusal; the
+    reply is held if a handler asked for it (delay_reply)."""
+    try:
+        return await _run_simple(event, args, meta, tempfail)
+    finally:
+        await _hold_reply(meta)
+
+
+async def _run_simple(
+    event: str, args: tuple[Any, ...], meta: ConnectionMeta, tempfail: str
+) -> str | None:
     run = _Run(event, args)
     try:
         await run.handlers()
@@ -190,10 +200,18 @@ async def ehlo(
     """EHLO or HELO: the extensions to advertise (each handler may return a new list),
     or the refusal. AUTH is never advertised before TLS, whatever a handler returns."""
     meta.set_ehlo(domain, extended=extended)
-    current = list(extensions)
+    if not registry.has_handlers(EHLO):
+        return list(extensions)
+    try:
+        return await _run_ehlo(domain, meta, list(extensions), extended=extended, tls=tls)
+    finally:
+        await _hold_reply(meta)
+
+
+async def _run_ehlo(
+    domain: str, meta: ConnectionMeta, current: list[str], *, extended: bool, tls: bool
+) -> list[str] | str:
     chain = registry.chain(EHLO)
-    if not chain:
-        return current
     run = _Run(EHLO, ())
     try:
         for handler in chain:
@@ -321,14 +339,17 @@ async def message_received(
         await run.handlers()
     except Reject as error:
         await _finish_quietly(run, False, meta)
+        await _hold_reply(meta)
         return error.reply
     except Exception as error:
         _log_failure(MESSAGE_RECEIVED, meta, TEMPFAIL, error)
         await _finish_quietly(run, False, meta)
+        await _hold_reply(meta)
         return TEMPFAIL
     reply = await store(message)
     # The message is stored (or not) now: a wrapper can no longer change the answer.
     await _finish_quietly(run, reply.startswith("2"), meta)
+    await _hold_reply(meta)
     return reply
 
 

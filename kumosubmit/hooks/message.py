@@ -71,7 +71,9 @@ class Message:
     ``recipients`` can be changed (a new list, or the list in place) in
     ``smtp_server_data`` only; from the trace header on they are fixed.
     ``content`` is read-only; headers are added with :meth:`prepend_header`
-    and :meth:`append_header`.
+    and :meth:`append_header`. Its meta is conn_meta's keys (as they are when the
+    message is stored, so keys a handler sets on conn_meta at these events count
+    too) under the message's own (:meth:`set_meta`).
     """
 
     def __init__(
@@ -79,14 +81,16 @@ class Message:
         sender: str,
         recipients: Iterable[str],
         content: bytearray,
-        meta: dict[str, Any],
+        conn_meta: dict[str, Any],
     ) -> None:
         self.sender = EnvelopeAddress(sender)
         self._recipients: list[EnvelopeAddress] | tuple[EnvelopeAddress, ...] = [
             EnvelopeAddress(r) for r in recipients
         ]
         self._content = content  # the session's buffer: changed in place, never copied
-        self.meta = JsonMeta(meta)
+        self._conn_meta = conn_meta
+        #: The message's own meta (set_meta); over conn_meta's keys when it is stored.
+        self.meta = JsonMeta()
 
     # -- the envelope -----------------------------------------------------------------
 
@@ -116,11 +120,17 @@ class Message:
     # -- meta ----------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> Any:
-        return self.meta.get_meta(key)
+        """The message's own value of ``key``, else its connection's (as KumoMTA copies
+        conn_meta into every message's meta)."""
+        return self.meta[key] if key in self.meta else self._conn_meta.get(key)
 
     def set_meta(self, key: str, value: Any) -> None:
         """Set a key of this message's meta (stored with it); ``TypeError`` if not JSON."""
         self.meta.set_meta(key, value)
+
+    def stored_meta(self) -> dict[str, Any]:
+        """What is stored: every key of conn_meta as it is now, then the message's own."""
+        return {**self._conn_meta, **self.meta}
 
     # -- content -------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ The chain of an event is, in this order:
 
 One more rule, for the authentication events: the built-in login check
 (:data:`DEFAULT_AUTHENTICATORS`) answers only when the project names no handler
-of its own for the event. A project that registers an ``smtp_server_auth_plain``
-handler decides who gets in, as in KumoMTA; to keep the database logins behind
+of its own for the event (wrappers do not count: they only observe). A project
+that registers an ``smtp_server_auth_plain`` handler decides who gets in, as in
+KumoMTA; to keep the database logins behind
 it, it lists ``kumosubmit.credentials.service.authenticate`` after its own.
 
 A handler that is an async generator function is a *wrapper*: the part before
@@ -79,6 +80,9 @@ DEFAULT_AUTHENTICATORS: dict[str, str] = {
     "smtp_server_auth_plain": "kumosubmit.credentials.service.authenticate",
 }
 
+#: Events whose handlers return a value for the next: no wrappers.
+PLAIN_ONLY = frozenset({"smtp_server_rewrite_response"})
+
 #: Threads that run sync hook handlers (ThreadPoolExecutor's own default size).
 SYNC_HOOK_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
@@ -117,6 +121,8 @@ def on(event: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     check_event(event)
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        if event in PLAIN_ONLY and inspect.isasyncgenfunction(func):
+            raise ValueError(f"{event} takes plain handlers, not wrappers (async generators)")
         handlers = _registered.setdefault(event, [])
         if func not in handlers:  # a module imported twice registers once
             handlers.append(func)
@@ -165,7 +171,10 @@ def override(
 
 
 def _builtin(item: Callable[..., Any] | str) -> Handler:
-    return Handler(import_string(item) if isinstance(item, str) else item, builtin=True)
+    func = import_string(item) if isinstance(item, str) else item
+    # Only kumosubmit's own code runs as a built-in (on the event loop, cancelled when
+    # late); a project's handler listed among them is still run as a project's.
+    return Handler(func, builtin=getattr(func, "__module__", "").startswith("kumosubmit."))
 
 
 def _paths(value: str | Sequence[str] | None) -> list[str]:
@@ -188,8 +197,11 @@ def chain(event: str) -> tuple[Handler, ...]:
     if project is None:
         project = [Handler(import_string(path)) for path in _paths(app_settings.HOOKS.get(event))]
         project += [Handler(func) for func in _registered.get(event, ())]
-    if not project and event in DEFAULT_AUTHENTICATORS:
-        project = [_builtin(DEFAULT_AUTHENTICATORS[event])]
+    if event in DEFAULT_AUTHENTICATORS and all(handler.wrapper for handler in project):
+        # No handler of the project's answers (wrappers only observe): the built-in does.
+        project = [*project, _builtin(DEFAULT_AUTHENTICATORS[event])]
+    if event in PLAIN_ONLY and any(handler.wrapper for handler in (*builtins, *project)):
+        raise ValueError(f"{event} takes plain handlers, not wrappers (async generators)")
     return (*builtins, *project)
 
 

@@ -230,7 +230,7 @@ class SubmissionHandler:
             "" if envelope.mail_from == NULL_SENDER else str(envelope.mail_from),
             envelope.rcpt_tos,
             content,
-            meta=meta,
+            conn_meta=meta,
         )
         refusal = await events.data(message, meta)
         if refusal is not None:
@@ -245,7 +245,7 @@ class SubmissionHandler:
                 mail_from=message.sender.address,
                 rcpt_tos=list(recipients),
                 content=message.buffer,
-                meta=dict(message.meta),
+                meta=message.stored_meta(),
                 queue_id=queue_id,
             )
             try:

@@ -76,6 +76,18 @@ class Limits:
         )
 
 
+def _may_become(code: int, new_code: int) -> bool:
+    """Whether a reply's code may be rewritten to ``new_code``: only where the session's
+    state does not depend on it. A success or an intermediate reply (the 250 after DATA:
+    the message is stored; a 354 or 334: the client sends next) keeps its class, a
+    failure stays a failure, and a 421 (the connection closes) stays a 421."""
+    if code == 421 or new_code == code:
+        return new_code == code
+    if code < 400:
+        return new_code // 100 == code // 100
+    return new_code >= 400
+
+
 class SubmissionSession(Session):
     """aiosmtpd's Session without the deprecation warning it logs on every AUTH."""
 
@@ -209,6 +221,8 @@ class SubmissionSMTP(SMTP):
             return True  # the balancer's own health check: it is the peer
         client = str(data.src_addr)
         self.meta.set_peer(client, data.src_port)
+        if data.dst_addr is not None:  # where the client connected: the balancer's front
+            self.meta.set_local(str(data.dst_addr), data.dst_port)
         refusal = self.state.readdress(self, balancer, client)
         if refusal:
             self.meta["refused"] = refusal
@@ -431,7 +445,8 @@ class SubmissionSMTP(SMTP):
                 self.close_with(refusal)
                 return
         if isinstance(status, str):
-            if events.rewrites_responses() and status[3:4] != "-":
+            # The lines of an EHLO reply are smtp_server_ehlo's business.
+            if events.rewrites_responses() and self._held_lines is None and status[3:4] != "-":
                 status = await self._rewritten(status)
             status = replies.printable(status)
             if not self._raw_replies:
@@ -466,14 +481,16 @@ class SubmissionSMTP(SMTP):
             return status
         code, text = int(status[:3]), status[4:]
         new_code, new_text = await events.rewrite_response(code, text, self._command, self.meta)
-        if self._command == "DATA" and code == 250 and not 200 <= new_code < 300:
+        if not _may_become(code, new_code):
             log.warning(
-                "conn %s: smtp_server_rewrite_response may not turn the 250 after DATA into %d: "
-                "the message is stored; the code is kept",
+                "conn %s: smtp_server_rewrite_response may not turn %d (to %s) into %d: "
+                "the session has acted on it; the reply is kept",
                 self.meta["conn_id"],
+                code,
+                self._command or "no command",
                 new_code,
             )
-            new_code = code
+            return status
         return f"{new_code} {new_text}".rstrip()
 
     async def _raw(self, command: Callable[[str], Awaitable[None]], arg: str) -> None:
