@@ -9,7 +9,7 @@ missing keys take the defaults below. Values are read at call time, so
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -168,9 +168,10 @@ class AppSettings:
 app_settings = AppSettings()
 
 _caches_to_clear: list[Any] = []
+C = TypeVar("C")
 
 
-def clears_on_setting_change(func: Any) -> Any:
+def clears_on_setting_change(func: C) -> C:
     """Mark an ``functools.cache``-d function to be cleared when KUMOSUBMIT changes."""
     _caches_to_clear.append(func)
     return func

@@ -188,8 +188,10 @@ def _paths(value: str | Sequence[str] | None) -> list[str]:
 def chain(event: str) -> tuple[Handler, ...]:
     """The handlers of ``event``, in the order they run (resolved once, until a change)."""
     check_event(event)
-    builtins: list[Handler] | None
-    builtins, project = _overrides.get(event, (None, None))  # type: ignore[assignment]
+    builtins: list[Handler] | None = None
+    project: list[Handler] | None = None
+    if event in _overrides:
+        builtins, project = _overrides[event]
     if builtins is None:
         configured = app_settings.BUILTIN_HOOKS or {}
         paths = configured[event] if event in configured else BUILTINS.get(event, [])

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import aiosmtpd.smtp
@@ -91,7 +91,7 @@ def _may_become(code: int, new_code: int) -> bool:
 class SubmissionSession(Session):
     """aiosmtpd's Session without the deprecation warning it logs on every AUTH."""
 
-    login_data: Any = None  # type: ignore[assignment]
+    login_data: Any = None
 
 
 class _Commands(collections.abc.Mapping[str, Callable[[str], Awaitable[None]]]):
@@ -120,13 +120,20 @@ class _Commands(collections.abc.Mapping[str, Callable[[str], Awaitable[None]]]):
         return len(self._names)
 
 
-@cache
+_dispatch_names: dict[tuple[type, tuple[str, ...]], list[str]] = {}
+
+
 def dispatch_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     """The attributes of ``cls`` named with one of ``prefixes``: what aiosmtpd looks up.
 
-    For the ``__dir__`` of sessions and handlers (see ``SubmissionSMTP.__dir__``).
+    For the ``__dir__`` of sessions and handlers (see ``SubmissionSMTP.__dir__``);
+    listed once per class.
     """
-    return [name for name in dir(cls) if name.startswith(prefixes)]
+    names = _dispatch_names.get((cls, prefixes))
+    if names is None:
+        names = [name for name in dir(cls) if name.startswith(prefixes)]
+        _dispatch_names[(cls, prefixes)] = names
+    return names
 
 
 class SubmissionSMTP(SMTP):
@@ -170,7 +177,7 @@ class SubmissionSMTP(SMTP):
             command_call_limit={"AUTH": limits.max_auth_attempts, "*": 2**31},
             **kwargs,
         )
-        self._smtp_methods = _Commands(self, tuple(self._smtp_methods))
+        self._smtp_methods = _Commands(self, tuple(self._smtp_methods))  # type: ignore[assignment]
 
     def __dir__(self) -> list[str]:
         """Only the commands and AUTH mechanisms: all that aiosmtpd's ``__init__`` asks for.
@@ -184,7 +191,7 @@ class SubmissionSMTP(SMTP):
 
     # aiosmtpd decides "is this session encrypted?" by this attribute, which only
     # STARTTLS sets; on an implicit-TLS listener every session is.
-    @property  # type: ignore[override]
+    @property
     def _tls_protocol(self) -> Any:
         return self._starttls_protocol or self.implicit_tls
 
@@ -370,13 +377,13 @@ class SubmissionSMTP(SMTP):
             if reader.refusal is not None:
                 if reader.refusal == replies.INSUFFICIENT_STORAGE:
                     self.report_no_storage(reader.received)
-                self._set_post_data_state()
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
                 await self.push(reader.refusal)
                 return
             # aiosmtpd's decode_data is off: content and original_content are the same bytes.
             self.envelope.original_content = self.envelope.content = reader.take()  # type: ignore[assignment]
             status = await self._call_handler_hook("DATA")
-            self._set_post_data_state()  # drops the message: its memory is free again
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # drops the message: its memory is free again
             await self.push("250 OK" if status is MISSING else status)
         finally:
             reservation.release()
@@ -472,7 +479,10 @@ class SubmissionSMTP(SMTP):
             )
             self._held_lines.append(line + b"\r\n")
             return
-        await super().push(status)
+        if isinstance(status, str):
+            await super().push(status)
+        else:
+            await super().push(status)
 
     async def _rewritten(self, status: str) -> str:
         """The reply as smtp_server_rewrite_response leaves it (the protocol's state is not
@@ -507,7 +517,7 @@ class SubmissionSMTP(SMTP):
         aiosmtpd writes each line of a multi-line reply by itself: for EHLO,
         eight TLS records and eight system calls, where one of each will do.
         """
-        self._held_lines = held = []
+        self._held_lines = held = list[bytes]()
         try:
             await command(arg)
         finally:

@@ -48,4 +48,5 @@ def server_protocol(
 ) -> SessionSSLProtocol:
     """The server side of TLS for ``app_protocol`` (its ``connection_made`` follows the
     handshake); as ``loop.create_server(ssl=...)`` and ``loop.start_tls`` would build it."""
-    return SessionSSLProtocol(loop, app_protocol, context, waiter, server_side=True)
+    # typeshed wants a waiter; asyncio's own create_server(ssl=...) passes None.
+    return SessionSSLProtocol(loop, app_protocol, context, waiter, server_side=True)  # type: ignore[arg-type]

@@ -16,4 +16,5 @@ __all__ = ["BaseSpool", "SpooledMessage", "get_spool"]
 @functools.cache
 def get_spool() -> BaseSpool:
     """The configured spool backend (``KUMOSUBMIT["SPOOL_BACKEND"]``), made once."""
-    return import_string(app_settings.SPOOL_BACKEND)()
+    spool: BaseSpool = import_string(app_settings.SPOOL_BACKEND)()
+    return spool
