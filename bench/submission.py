@@ -323,6 +323,10 @@ class Kumosubmit:
         if self.proc is not None:
             stop_process(self.proc, 60)
         text = self.log_text()
+        if "Traceback" in text:  # kept for a look: the run's directory is removed
+            kept = Path(tempfile.gettempdir()) / f"kumosubmit-bench-{self.name}-runsmtpd.log"
+            kept.write_text(text)
+            print(f"{self.name}: tracebacks in its log; kept in {kept}", flush=True)
         lags = [(float(p99), float(worst)) for p99, worst in re.findall(LAG_LINE, text)]
         return {
             "loop_lag_p99_ms": max((p for p, _ in lags), default=None),
