@@ -160,8 +160,9 @@ class ConnectionMeta(JsonMeta):
 
     def record_message(self, size: int) -> None:
         metrics.message_accepted(size)
-        self["messages_accepted"] += 1
-        self["bytes_accepted"] += size
+        # Integers: no JSON check needed (this runs for every message).
+        dict.__setitem__(self, "messages_accepted", self["messages_accepted"] + 1)
+        dict.__setitem__(self, "bytes_accepted", self["bytes_accepted"] + size)
 
     @property
     def last_auth(self) -> dict[str, Any] | None:

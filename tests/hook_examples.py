@@ -104,7 +104,7 @@ async def sender_policy(sender, conn_meta):
         if sender.address.lower() != f"{login}@example.com":
             reject(553, "5.7.1 Sender address not allowed for this login")
     else:
-        await senders.mail_from(sender, conn_meta)
+        await senders.check_sender(sender, conn_meta)
 
 
 # -- settings --

@@ -102,6 +102,8 @@ def _log_failure(
 class _Run:
     """One run of an event's chain: the wrappers entered, to be told the outcome."""
 
+    __slots__ = ("args", "event", "wrappers")
+
     def __init__(self, event: str, args: tuple[Any, ...]) -> None:
         self.event = event
         self.args = args

@@ -84,9 +84,8 @@ class Message:
         conn_meta: dict[str, Any],
     ) -> None:
         self.sender = EnvelopeAddress(sender)
-        self._recipients: list[EnvelopeAddress] | tuple[EnvelopeAddress, ...] = [
-            EnvelopeAddress(r) for r in recipients
-        ]
+        self._received = tuple(EnvelopeAddress(r) for r in recipients)  # checked at RCPT
+        self._recipients: list[EnvelopeAddress] | tuple[EnvelopeAddress, ...] = list(self._received)
         self._content = content  # the session's buffer: changed in place, never copied
         self._conn_meta = conn_meta
         #: The message's own meta (set_meta); over conn_meta's keys when it is stored.
@@ -114,7 +113,11 @@ class Message:
     def freeze_recipients(self) -> tuple[str, ...]:
         """Check and fix the recipients (after ``smtp_server_data``); their addresses."""
         if not isinstance(self._recipients, tuple):
-            self._recipients = tuple(_recipient(r) for r in self._recipients)
+            recipients = tuple(self._recipients)
+            # The ones the session accepted were checked then; a handler's are checked now.
+            if recipients != self._received:
+                recipients = tuple(_recipient(r) for r in recipients)
+            self._recipients = recipients
         return tuple(r.address for r in self._recipients)
 
     # -- meta ----------------------------------------------------------------------------

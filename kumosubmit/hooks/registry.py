@@ -29,7 +29,8 @@ database for every other session. Python cannot stop a thread, though, so a
 hung sync handler keeps its pool thread until it returns; when every pool
 thread is hung, further sync calls wait in the queue and time out too, which
 is the safe failure. Built-in handlers and wrappers are ours, run on the
-event loop, and are cancelled at the same deadline.
+event loop, and are cancelled at the same deadline; a built-in may be a plain
+function that returns an awaitable only when it has something to wait for.
 """
 
 from __future__ import annotations
@@ -265,9 +266,12 @@ async def call(event: str, handler: Handler, *args: Any) -> Any:
     (``None`` waits for ever).
     """
     if handler.builtin:
-        if handler.is_async:
-            return await bounded(event, handler.func(*args))
-        return handler.func(*args)
+        # A built-in that may have to wait returns an awaitable only when it does (the
+        # sender policy, once it is read): the common case costs no timer.
+        result = handler.func(*args)
+        if inspect.isawaitable(result):
+            return await bounded(event, result)
+        return result
     timeout: float | None = app_settings.HOOK_TIMEOUT
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any]

@@ -3,6 +3,8 @@ must be an address the login may send as (credentials/senders.py says which)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials.senders import SenderPolicy, load_policy
 from kumosubmit.db import run_db
@@ -22,15 +24,32 @@ async def policy_of(conn_meta: ConnectionMeta) -> SenderPolicy:
     return policy
 
 
-async def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
-    if app_settings.CHECK_SENDER and not (await policy_of(conn_meta)).permits(sender.address):
+def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> Awaitable[None] | None:
+    """Plain, but returns an awaitable when the policy has still to be read (once per
+    session): every later message costs no trip through the event loop's timers."""
+    if not app_settings.CHECK_SENDER:
+        return None
+    policy: SenderPolicy | None = conn_meta.cache.get("sender_policy")
+    if policy is None:
+        return check_sender(sender, conn_meta)
+    if not policy.permits(sender.address):
+        reject(*SENDER_NOT_ALLOWED)
+    return None
+
+
+async def check_sender(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
+    """The rule itself, for a project handler that keeps it for some sessions."""
+    if not (await policy_of(conn_meta)).permits(sender.address):
         reject(*SENDER_NOT_ALLOWED)
 
 
-async def data(message: Message, conn_meta: ConnectionMeta) -> None:
-    """The message must have From: addresses, and the session may send as each of them."""
-    if not app_settings.CHECK_HEADER_FROM:
-        return
+def data(message: Message, conn_meta: ConnectionMeta) -> Awaitable[None] | None:
+    """With CHECK_HEADER_FROM: the message must have From: addresses, and the session may
+    send as each of them."""
+    return _check_header_from(message, conn_meta) if app_settings.CHECK_HEADER_FROM else None
+
+
+async def _check_header_from(message: Message, conn_meta: ConnectionMeta) -> None:
     addresses = message.from_addresses()
     policy = await policy_of(conn_meta)
     if not addresses or not all(address and policy.permits(address) for address in addresses):
