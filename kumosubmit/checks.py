@@ -208,8 +208,9 @@ _POSITIVE = (
     "MAX_CONNECTIONS_PER_IP",
     "DATA_TIMEOUT",
     "MAX_RECIPIENTS",
-    "MAX_MESSAGES_PER_CONNECTION",
 )
+#: Numbers above 0, or None for no limit.
+_POSITIVE_OR_NONE = ("MAX_MESSAGES_PER_CONNECTION",)
 
 
 def _check_numbers() -> list[Error | Warning]:
@@ -220,6 +221,16 @@ def _check_numbers() -> list[Error | Warning]:
             errors.append(
                 Error(
                     f"KUMOSUBMIT[{key!r}] must be a number above 0, not {value!r}.",
+                    id="kumosubmit.E011",
+                )
+            )
+    for key in _POSITIVE_OR_NONE:
+        value = getattr(app_settings, key)
+        if value is not None and not _is_whole(value, 1, 2**31 - 1):
+            errors.append(
+                Error(
+                    f"KUMOSUBMIT[{key!r}] must be a whole number above 0, or None (no limit), "
+                    f"not {value!r}.",
                     id="kumosubmit.E011",
                 )
             )

@@ -88,10 +88,17 @@ def test_changelog_names_this_version():
         {"MAX_RECIPIENTS": True},
         {"ARGON2_KEEP_MEMORY": "yes"},
         {"ARGON2_SCHED_IDLE": 1},
+        {"MAX_MESSAGES_PER_CONNECTION": 0},
+        {"MAX_MESSAGES_PER_CONNECTION": 2.5},
     ],
 )
 def test_limits_must_be_positive_numbers(settings, overrides):
     assert ids(settings, **overrides) == ["kumosubmit.E011"]
+
+
+def test_messages_per_connection_may_be_uncapped(settings):
+    assert ids(settings, MAX_MESSAGES_PER_CONNECTION=None) == []
+    assert ids(settings, MAX_MESSAGES_PER_CONNECTION=500) == []
 
 
 def test_bare_line_endings_choice(settings):

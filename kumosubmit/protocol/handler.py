@@ -286,7 +286,8 @@ class SubmissionHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        if server.meta["messages_accepted"] >= server.limits.max_messages:
+        cap = server.limits.max_messages
+        if cap is not None and server.meta["messages_accepted"] >= cap:
             return replies.TOO_MANY_MESSAGES
         if address != NULL_SENDER and not is_mailbox(address):
             return replies.BAD_SENDER

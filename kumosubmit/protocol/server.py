@@ -61,7 +61,7 @@ class Limits:
     max_errors: int
     max_auth_attempts: int
     max_recipients: int
-    max_messages: int
+    max_messages: int | None
     idle_timeout: float
     data_timeout: float
     bare_line_endings: str

@@ -20,7 +20,7 @@ from django.db.migrations.executor import MigrationExecutor
 import kumosubmit
 from kumosubmit import metrics
 from kumosubmit.certs import ensure_self_signed
-from kumosubmit.conf import app_settings
+from kumosubmit.conf import DEFAULT_LISTEN, app_settings
 from kumosubmit.credentials import hashing
 from kumosubmit.exporter import Exporter
 from kumosubmit.protocol.listener import (
@@ -48,7 +48,8 @@ class Command(BaseCommand):
             "--listen",
             action="append",
             metavar="HOST:PORT",
-            help="A STARTTLS listener (repeatable). Default: KUMOSUBMIT['LISTEN'], 127.0.0.1:2587.",
+            help="A STARTTLS listener (repeatable). Default: KUMOSUBMIT['LISTEN']; with no "
+            "listener of any kind given, 127.0.0.1:2587.",
         )
         parser.add_argument(
             "--implicit-tls",
@@ -247,6 +248,9 @@ class Command(BaseCommand):
         starttls = options["listen"] or app_settings.LISTEN
         implicit = options["implicit_tls"] or app_settings.IMPLICIT_TLS
         proxied = options["proxy_listen"] or app_settings.PROXY_LISTEN
+        if not (starttls or implicit or proxied):
+            # Only then: --proxy-listen or --implicit-tls alone binds just what it names.
+            starttls = DEFAULT_LISTEN
         listeners = []
         for addresses, is_implicit, proxy in (
             (starttls, False, False),
