@@ -20,6 +20,7 @@ from django.db.migrations.executor import MigrationExecutor
 import kumosubmit
 from kumosubmit import metrics
 from kumosubmit.certs import ensure_self_signed
+from kumosubmit.checks import checking_runsmtpd
 from kumosubmit.conf import DEFAULT_LISTEN, app_settings
 from kumosubmit.credentials import hashing
 from kumosubmit.exporter import Exporter
@@ -100,8 +101,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["workers"] is not None and options["workers"] < 1:
             raise CommandError("--workers must be 1 or more.")
+        workers = options["workers"] or app_settings.WORKERS or os.cpu_count() or 1
         if not options["skip_checks"]:
-            self.check(display_num_errors=False)
+            with checking_runsmtpd(workers):  # W053 counts these workers
+                self.check(display_num_errors=False)
         self._refuse_unapplied_migrations()
 
         # The checks opened connections in this thread; the server uses its own.
@@ -121,7 +124,6 @@ class Command(BaseCommand):
             raise CommandError(f"--trusted-proxy: {error}") from error
         timeout = options["shutdown_timeout"]
         grace = float(app_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
-        workers = options["workers"] or app_settings.WORKERS or os.cpu_count() or 1
         hashing.share_cores_with(workers)
         metrics_address = self._metrics_address(options)
         try:
