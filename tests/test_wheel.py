@@ -155,8 +155,8 @@ class Host:
         assert done.returncode == 0, f"manage.py {args}:\n{done.stdout}{done.stderr}"
         return done.stdout + done.stderr
 
-    def start(self, *args: str, ready: str) -> subprocess.Popen[bytes]:
-        """A long-running manage.py command, once it has printed ``ready``."""
+    def start(self, *args: str, ready: str) -> tuple[subprocess.Popen[bytes], str]:
+        """A long-running manage.py command, once it has printed ``ready``; and its output."""
         process = subprocess.Popen(
             [str(self.python), "manage.py", *args],
             cwd=self.folder,
@@ -174,7 +174,7 @@ class Host:
                 process.kill()
                 raise AssertionError(f"manage.py {args} did not start:\n{seen.decode()}")
             seen += line
-        return process
+        return process, seen.decode(errors="replace")
 
     def stop(self, process: subprocess.Popen[bytes]) -> tuple[int, str]:
         process.send_signal(signal.SIGTERM)
@@ -232,6 +232,8 @@ def test_a_host_project_runs_on_the_installed_wheel(host):
     assert "kumosubmit.W050" in checked
     assert 'LOGIN_URL = "credentials:sign_in"' in checked
     assert "kumosubmit.W051" in checked
+    if (os.cpu_count() or 1) > 1:  # WORKERS defaults to one per CPU; SQLite here has no WAL
+        assert "kumosubmit.W053" in checked
     host.manage(
         "createsuperuser",
         "--no-input",
@@ -248,7 +250,7 @@ def test_a_host_project_runs_on_the_installed_wheel(host):
 
     # runsmtpd: a self-signed certificate in the data folder, AUTH, one message.
     smtp_port = free_port()
-    smtpd = host.start(
+    smtpd, started = host.start(
         "runsmtpd",
         "--listen",
         f"127.0.0.1:{smtp_port}",
@@ -258,6 +260,8 @@ def test_a_host_project_runs_on_the_installed_wheel(host):
         "1",
         ready="listening on",
     )
+    assert "kumosubmit.W053" not in started  # one worker: the check counts --workers
+    assert "kumosubmit.W050" in started  # runsmtpd runs the checks too
     with smtp_client(host, smtp_port) as client:
         assert client.login(LOGIN, SMTP_PASSWORD)[0] == 235
         assert client.sendmail(LOGIN, ["bob@example.org"], b"Subject: one\r\n\r\nbody\r\n") == {}
