@@ -7,6 +7,7 @@ wheel without anything of ours on its path.
 from __future__ import annotations
 
 import html
+import http.client
 import re
 import urllib.parse
 import urllib.request
@@ -19,7 +20,9 @@ _CSRF_INPUT = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
 class _EveryStatus(urllib.request.HTTPErrorProcessor):
     """Hand back 3xx, 4xx and 5xx answers as they are, instead of raising or following."""
 
-    def http_response(self, request: urllib.request.Request, response):  # type: ignore[no-untyped-def]
+    def http_response(
+        self, request: urllib.request.Request, response: http.client.HTTPResponse
+    ) -> http.client.HTTPResponse:
         return response
 
     https_response = http_response
