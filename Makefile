@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What `make run` needs (the app, the example project's extras, psycopg for a PostgreSQL
+# DATABASE_URL), and what `make test` needs besides (the test tools); pyproject.toml's extras.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 # The test suite runs once on SQLite and once on this PostgreSQL (test database test_kumosubmit).
 PG_URL ?= postgres://postgres@127.0.0.1:5432/kumosubmit
 
@@ -12,21 +15,29 @@ SYSTEM_PACKAGES := haproxy postfix chromium dovecot-core
 
 .PHONY: install system-packages run admin test test-sqlite test-postgres lint screenshots clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[site,postgres]'
 	touch $@
 
-install: $(STAMP)
+# The dev extra includes site and postgres, so it also satisfies `make run`.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(RUN_STAMP)
+
+## install: the virtualenv with everything, tests included
+install: $(DEV_STAMP)
 
 ## run: set up, migrate the SQLite database, and run the SMTP server on 127.0.0.1:2587
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py runsmtpd $(ARGS)
 
 ## admin: the admin site on http://127.0.0.1:8000/admin/
-admin: $(STAMP)
+admin: $(RUN_STAMP)
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
@@ -44,17 +55,17 @@ system-packages:
 ## test: set up, then lint and run the whole suite on SQLite and on PostgreSQL
 test: system-packages lint test-sqlite test-postgres
 
-test-sqlite: $(STAMP)
+test-sqlite: $(DEV_STAMP)
 	$(BIN)/pytest
 
-test-postgres: $(STAMP)
+test-postgres: $(DEV_STAMP)
 	DATABASE_URL=$(PG_URL) $(BIN)/pytest
 
 ## screenshots: retake docs/screenshots/ with the browser test
-screenshots: $(STAMP)
+screenshots: $(DEV_STAMP)
 	KUMOSUBMIT_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/web/test_browser.py
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

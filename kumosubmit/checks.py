@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +213,9 @@ _POSITIVE = (
     "MAX_CONNECTIONS_PER_IP",
     "DATA_TIMEOUT",
     "MAX_RECIPIENTS",
-    "MAX_MESSAGES_PER_CONNECTION",
 )
+#: Numbers above 0, or None for no limit.
+_POSITIVE_OR_NONE = ("MAX_MESSAGES_PER_CONNECTION",)
 
 
 def _check_numbers() -> list[Error | Warning]:
@@ -220,6 +226,16 @@ def _check_numbers() -> list[Error | Warning]:
             errors.append(
                 Error(
                     f"KUMOSUBMIT[{key!r}] must be a number above 0, not {value!r}.",
+                    id="kumosubmit.E011",
+                )
+            )
+    for key in _POSITIVE_OR_NONE:
+        value = getattr(app_settings, key)
+        if value is not None and not _is_whole(value, 1, 2**31 - 1):
+            errors.append(
+                Error(
+                    f"KUMOSUBMIT[{key!r}] must be a whole number above 0, or None (no limit), "
+                    f"not {value!r}.",
                     id="kumosubmit.E011",
                 )
             )
@@ -363,3 +379,101 @@ def check_app_passwords(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     return errors
+
+
+# -- what a host project must set (docs/integration.md) ---------------------------------
+
+#: The worker count runsmtpd is about to start, while it runs the checks; otherwise the
+#: checks go by KUMOSUBMIT["WORKERS"].
+_runsmtpd_workers: ContextVar[int | None] = ContextVar("runsmtpd_workers", default=None)
+
+
+@contextmanager
+def checking_runsmtpd(workers: int) -> Iterator[None]:
+    """Run the checks within this for ``runsmtpd`` with ``workers`` processes."""
+    token = _runsmtpd_workers.set(workers)
+    try:
+        yield
+    finally:
+        _runsmtpd_workers.reset(token)
+
+
+@register(Tags.urls)
+def check_site_pages(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """The self-service URLs are included, and sign-in leads to pages that exist."""
+    from django.urls import NoReverseMatch, reverse
+
+    from kumosubmit.web.account import site_page
+
+    try:
+        reverse("credentials:index")
+    except NoReverseMatch:
+        return [
+            Warning(
+                "kumosubmit's self-service pages are not in the project's URLs.",
+                hint='Add path("credentials/", include("kumosubmit.web.urls")) to the '
+                "ROOT_URLCONF's urlpatterns; a site without them can silence this with "
+                'SILENCED_SYSTEM_CHECKS = ["kumosubmit.W052"].',
+                id="kumosubmit.W052",
+            )
+        ]
+    from django.conf import settings
+
+    warnings = []
+    if site_page("LOGIN_URL") is None:
+        warnings.append(
+            Warning(
+                f"LOGIN_URL ({settings.LOGIN_URL!r}) is no page of this site; kumosubmit's "
+                "pages send visitors to their own sign-in page instead, other views to a 404.",
+                hint='Set LOGIN_URL = "credentials:sign_in" (the app\'s sign-in page), or '
+                'include path("accounts/", include("django.contrib.auth.urls")) and set '
+                'LOGIN_URL = "login".',
+                id="kumosubmit.W050",
+            )
+        )
+    if site_page("LOGIN_REDIRECT_URL") is None:
+        warnings.append(
+            Warning(
+                f"LOGIN_REDIRECT_URL ({settings.LOGIN_REDIRECT_URL!r}) is no page of this "
+                "site: signing in without a 'next' page ends on a 404.",
+                hint='Set LOGIN_REDIRECT_URL = "credentials:index" (the SMTP logins page), or '
+                "the name of a page of your own.",
+                id="kumosubmit.W051",
+            )
+        )
+    return warnings
+
+
+_WAL = re.compile(r"journal_mode\s*=\s*['\"]?wal\b", re.IGNORECASE)
+
+
+@register()
+def check_sqlite_wal(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Several runsmtpd workers on SQLite need its write-ahead log.
+
+    In SQLite's default rollback-journal mode a writer locks readers out, so one
+    worker's commit stalls every other worker's AUTH and MAIL queries. It reads the
+    settings, not the database.
+    """
+    from django.conf import settings
+    from django.db import DEFAULT_DB_ALIAS
+
+    database = settings.DATABASES.get(DEFAULT_DB_ALIAS, {})
+    if database.get("ENGINE") != "django.db.backends.sqlite3":
+        return []
+    workers = _runsmtpd_workers.get() or app_settings.WORKERS or os.cpu_count() or 1
+    if not _is_whole(workers, 2, 2**31 - 1):
+        return []
+    init_command = (database.get("OPTIONS") or {}).get("init_command") or ""
+    if _WAL.search(init_command):
+        return []
+    return [
+        Warning(
+            f"runsmtpd runs {workers} worker processes on SQLite without its write-ahead "
+            "log (WAL): a commit in one worker locks the others' reads out.",
+            hint='Add "init_command": "PRAGMA journal_mode=WAL;" (and "transaction_mode": '
+            '"IMMEDIATE") to DATABASES["default"]["OPTIONS"], or set KUMOSUBMIT["WORKERS"] '
+            "= 1 (runsmtpd --workers 1).",
+            id="kumosubmit.W053",
+        )
+    ]

@@ -16,8 +16,10 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 DEFAULTS: dict[str, Any] = {
-    # Listeners. STARTTLS listeners (RFC 6409) and implicit-TLS ones (RFC 8314).
-    "LISTEN": ["127.0.0.1:2587"],
+    # Listeners. STARTTLS listeners (RFC 6409) and implicit-TLS ones (RFC 8314). When no
+    # listener of any kind is given (here or on runsmtpd's command line), runsmtpd listens
+    # on DEFAULT_LISTEN.
+    "LISTEN": [],
     "IMPLICIT_TLS": [],
     # STARTTLS listeners behind a TCP balancer: each connection starts with a PROXY
     # protocol header (v1 or v2), believed only from TRUSTED_PROXIES (addresses or networks).
@@ -116,9 +118,12 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a DATA upload may take in all before 421 4.4.2 (the idle timeout applies
     # between commands and while the client is silent).
     "DATA_TIMEOUT": 600,
-    # Recipients per message (452 4.5.3 beyond) and messages per connection.
+    # Recipients per message (452 4.5.3 beyond).
     "MAX_RECIPIENTS": 100,
-    "MAX_MESSAGES_PER_CONNECTION": 100,
+    # Messages per connection; beyond, 421 4.7.0 at MAIL and a close. None: no cap, as
+    # Postfix: Django's email backend sends a whole send_mass_mail() over one connection
+    # and raises at the first refusal (docs/security.md, "Messages per connection").
+    "MAX_MESSAGES_PER_CONNECTION": None,
     # Bare CR or LF in DATA (SMTP smuggling): "reject" (550 5.6.0) or "normalize" to CRLF.
     "BARE_LINE_ENDINGS": "reject",
     # Failed-AUTH penalties, counted per client address and per login across processes
@@ -147,6 +152,10 @@ DEFAULTS: dict[str, Any] = {
     # Live (neither revoked nor expired) app passwords one login may have at a time.
     "MAX_APP_PASSWORDS": 20,
 }
+
+
+#: The STARTTLS listener runsmtpd binds when no listener of any kind is configured.
+DEFAULT_LISTEN = ["127.0.0.1:2587"]
 
 
 class AppSettings:

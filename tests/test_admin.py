@@ -804,6 +804,21 @@ def test_audit_export_is_a_csv_of_a_date_range(admin_client):
     assert b"first" in b"".join(only.streaming_content)
 
 
+def test_audit_export_and_its_button_come_with_the_app(admin_client, settings):
+    """Without the project's templates/ folder (as in a project that installed the wheel)."""
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": []}]
+    make_record(conn_id="only", started_at=timezone.now())
+    changelist = admin_client.get(url("connectionrecord_changelist"))
+    assert changelist.status_code == 200
+    button = f'<a href="{url("connectionrecord_export")}" class="viewlink">Export as CSV</a>'
+    assert button.encode() in changelist.content
+    assert admin_client.get(url("connectionrecord_export")).status_code == 200
+    today = timezone.localdate().isoformat()
+    response = admin_client.get(url("connectionrecord_export"), {"start": today, "end": today})
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [row["conn_id"] for row in rows] == ["only"]
+
+
 def test_audit_export_checks_its_range_and_permission(admin_client, client, db):
     response = admin_client.get(
         url("connectionrecord_export"), {"start": "2025-03-10", "end": "2025-03-09"}

@@ -9,6 +9,7 @@ import pytest
 from django.core.checks import run_checks
 
 import kumosubmit
+from kumosubmit.checks import checking_runsmtpd
 
 
 def ids(settings, **overrides) -> list[str]:
@@ -88,10 +89,17 @@ def test_changelog_names_this_version():
         {"MAX_RECIPIENTS": True},
         {"ARGON2_KEEP_MEMORY": "yes"},
         {"ARGON2_SCHED_IDLE": 1},
+        {"MAX_MESSAGES_PER_CONNECTION": 0},
+        {"MAX_MESSAGES_PER_CONNECTION": 2.5},
     ],
 )
 def test_limits_must_be_positive_numbers(settings, overrides):
     assert ids(settings, **overrides) == ["kumosubmit.E011"]
+
+
+def test_messages_per_connection_may_be_uncapped(settings):
+    assert ids(settings, MAX_MESSAGES_PER_CONNECTION=None) == []
+    assert ids(settings, MAX_MESSAGES_PER_CONNECTION=500) == []
 
 
 def test_bare_line_endings_choice(settings):
@@ -104,3 +112,57 @@ def test_data_memory_budget_must_hold_the_largest_message(settings):
         "kumosubmit.E015"
     ]
     assert ids(settings, DATA_MEMORY_BUDGET=20_000_000, MAX_MESSAGE_SIZE=20_000_000) == []
+
+
+# -- what a host project must set -------------------------------------------------------
+
+
+def test_pages_not_included_is_a_warning_that_names_what_to_add(settings):
+    settings.ROOT_URLCONF = "tests.urls_admin_only"
+    [warning] = [m for m in run_checks() if m.id == "kumosubmit.W052"]
+    assert 'include("kumosubmit.web.urls")' in warning.hint
+    # Without the pages, where sign-in leads is not kumosubmit's business.
+    assert ids(settings) == ["kumosubmit.W052"]
+
+
+def test_sign_in_settings_that_lead_nowhere_are_warnings(settings):
+    settings.ROOT_URLCONF = "tests.urls_app_only"
+    settings.LOGIN_URL = "/accounts/login/"  # Django's defaults, which this site lacks
+    settings.LOGIN_REDIRECT_URL = "/accounts/profile/"
+    messages = {m.id: m for m in run_checks() if m.id and m.id.startswith("kumosubmit.")}
+    assert sorted(messages) == ["kumosubmit.W050", "kumosubmit.W051"]
+    assert 'LOGIN_URL = "credentials:sign_in"' in messages["kumosubmit.W050"].hint
+    assert 'LOGIN_REDIRECT_URL = "credentials:index"' in messages["kumosubmit.W051"].hint
+    settings.LOGIN_URL = "credentials:sign_in"
+    settings.LOGIN_REDIRECT_URL = "credentials:index"
+    assert ids(settings) == []
+    settings.LOGIN_URL = "login"  # a URL name the project does not have
+    assert ids(settings) == ["kumosubmit.W050"]
+    settings.LOGIN_URL = "https://sso.example.com/login"  # another site's: trusted
+    assert ids(settings) == []
+
+
+def sqlite_options(settings, monkeypatch, options):
+    # In place: overriding DATABASES as a whole is not supported by Django's tests.
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        pytest.skip("a check of SQLite settings")
+    monkeypatch.setitem(database, "OPTIONS", options)
+
+
+def test_sqlite_without_wal_and_several_workers_is_a_warning(settings, monkeypatch):
+    sqlite_options(settings, monkeypatch, {"transaction_mode": "IMMEDIATE"})
+    assert ids(settings, WORKERS=4) == ["kumosubmit.W053"]
+    [warning] = [m for m in run_checks() if m.id == "kumosubmit.W053"]
+    assert "PRAGMA journal_mode=WAL" in warning.hint
+    assert 'KUMOSUBMIT["WORKERS"] = 1' in warning.hint
+    assert ids(settings, WORKERS=1) == []
+    # runsmtpd counts the workers it is about to start (--workers).
+    with checking_runsmtpd(1):
+        assert ids(settings, WORKERS=4) == []
+    with checking_runsmtpd(3):
+        assert ids(settings, WORKERS=1) == ["kumosubmit.W053"]
+    sqlite_options(
+        settings, monkeypatch, {"init_command": "PRAGMA journal_mode = 'wal'; PRAGMA foo=1"}
+    )
+    assert ids(settings, WORKERS=4) == []

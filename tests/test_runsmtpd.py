@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import socket
 import ssl
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +181,66 @@ def test_a_signal_while_the_workers_start_still_stops_them_all(runsmtpd, pki, si
         process.signal(signum)
         assert process.finish(timeout=20) == 0
         assert "did not stop in time" not in process.output
+
+
+def listening_ports(pid: int) -> set[tuple[str, int]]:
+    """The TCP (host, port) pairs process ``pid`` listens on, from /proc (no guessing)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                address, port = local.split(":")
+                raw = bytes.fromhex(address)
+                if table == "tcp":
+                    host = socket.inet_ntop(socket.AF_INET, raw[::-1])
+                else:
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    host = socket.inet_ntop(socket.AF_INET6, words)
+                found.add((host, int(port, 16)))
+    return found
+
+
+@pytest.mark.parametrize("option", ["--proxy-listen", "--implicit-tls"])
+def test_one_listener_option_alone_binds_nothing_else(runsmtpd, pki, option):
+    """The default STARTTLS listener is only for when no listener of any kind is given."""
+    port = free_port()
+    server = runsmtpd(
+        option,
+        f"127.0.0.1:{port}",
+        "--trusted-proxy",
+        "127.0.0.1",
+        *pki.cert_args(),
+        "--workers",
+        "1",
+    )
+    output = server.wait_for("listening on")
+    line = next(line for line in output.splitlines() if "listening on" in line)
+    assert f"listening on 127.0.0.1:{port} (" in line
+    assert "2587" not in line
+    assert listening_ports(server.proc.pid) == {("127.0.0.1", port)}
+    server.signal(signal.SIGTERM)
+    assert server.finish() == 0
+
+
+def test_with_no_listener_given_the_default_starttls_one_is_bound(runsmtpd, pki):
+    """No option, no setting: 127.0.0.1:2587 (STARTTLS), and only that."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 2587))
+        except OSError:
+            pytest.skip("127.0.0.1:2587 is in use on this machine")
+    server = runsmtpd(*pki.cert_args(), "--workers", "1")
+    assert "listening on 127.0.0.1:2587 (STARTTLS)" in server.wait_for("listening on")
+    assert listening_ports(server.proc.pid) == {("127.0.0.1", 2587)}
+    server.signal(signal.SIGTERM)
+    assert server.finish() == 0

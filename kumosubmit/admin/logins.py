@@ -15,6 +15,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import AdminForm
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import mask_hash
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet, Value
@@ -185,9 +186,14 @@ class SmtpLoginAdmin(admin.ModelAdmin):
         "created_at",
     )
     list_filter = ("is_active", "must_change_password", "require_app_passwords")
-    search_fields = ("username", "owner__username")
+    search_fields = ("username",)  # and the owner's name: get_search_fields()
     list_select_related = ("owner",)
     actions = ["activate", "deactivate", "force_password_change", "lift_blocks"]
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        # The owner's name is whatever field the user model signs in with: a custom
+        # model keyed by email has no "username" to search.
+        return (*self.search_fields, f"owner__{get_user_model().USERNAME_FIELD}")
 
     @admin.display(description=_("password"))
     def password(self, login: SmtpLogin) -> str:

@@ -1,8 +1,12 @@
-"""``path("credentials/", include("kumosubmit.web.urls"))``: the self-service pages."""
+"""``path("credentials/", include("kumosubmit.web.urls"))``: the self-service pages.
+
+With them come a sign-in page, a sign-out and a site password page of the app's
+own, for projects that have none (``kumosubmit/web/account.py``).
+"""
 
 from django.urls import path
 
-from kumosubmit.web import views
+from kumosubmit.web import account, views
 
 app_name = "credentials"
 
@@ -15,5 +19,17 @@ urlpatterns = [
         "<int:login_id>/app-passwords/<int:app_password_id>/revoke/",
         views.revoke,
         name="revoke",
+    ),
+    path("sign-in/", account.SignInView.as_view(), name="sign_in"),
+    path("sign-out/", account.SignOutView.as_view(), name="sign_out"),
+    path(
+        "site-password/",
+        account.sign_in_required(account.SitePasswordView.as_view()),
+        name="site_password",
+    ),
+    path(
+        "site-password/done/",
+        account.sign_in_required(account.SitePasswordDoneView.as_view()),
+        name="site_password_done",
     ),
 ]

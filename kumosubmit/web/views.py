@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
@@ -28,6 +27,7 @@ from kumosubmit.audit.models import AuthOutcome, ConnectionRecord
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials import service
 from kumosubmit.credentials.models import AppPassword, SmtpLogin, create_app_password
+from kumosubmit.web.account import sign_in_required
 from kumosubmit.web.forms import AppPasswordForm, LoginPasswordForm
 
 #: How many audit rows, and how many revoked or expired app passwords, the login page shows.
@@ -112,7 +112,7 @@ def recent_sign_ins(login: SmtpLogin, limit: int = RECENT_SIGN_INS) -> list[Sign
     return sign_ins
 
 
-@login_required
+@sign_in_required
 def index(request: HttpRequest) -> HttpResponse:
     """The user's SMTP logins, with their last use and how many app passwords work."""
     now = timezone.now()
@@ -124,7 +124,7 @@ def index(request: HttpRequest) -> HttpResponse:
         .annotate(live_app_passwords=Count("app_passwords", filter=live))
         .order_by("username")
     )
-    return render(request, "credentials/index.html", {"logins": logins})
+    return render(request, "kumosubmit/credentials/index.html", {"logins": logins})
 
 
 def _detail_context(login: SmtpLogin) -> dict[str, Any]:
@@ -143,17 +143,17 @@ def _detail_context(login: SmtpLogin) -> dict[str, Any]:
     }
 
 
-@login_required
+@sign_in_required
 def login_detail(request: HttpRequest, login_id: int) -> HttpResponse:
     """One login: its app passwords, a form for a new one, and its recent sign-ins."""
     login = _own_login(request, login_id)
-    return render(request, "credentials/login_detail.html", _detail_context(login))
+    return render(request, "kumosubmit/credentials/login_detail.html", _detail_context(login))
 
 
 @never_cache  # the one copy of the password must not stay in a cache
 @sensitive_variables()
 @sensitive_post_parameters()
-@login_required
+@sign_in_required
 @require_http_methods(["GET", "POST"])
 def create(request: HttpRequest, login_id: int) -> HttpResponse:
     """Make an app password and show it, this once, in the answer to the POST.
@@ -179,13 +179,15 @@ def create(request: HttpRequest, login_id: int) -> HttpResponse:
             )
             return render(
                 request,
-                "credentials/app_password_created.html",
+                "kumosubmit/credentials/app_password_created.html",
                 {"login": login, "app_password": app_password, "password": password},
             )
-    return render(request, "credentials/app_password_form.html", {"login": login, "form": form})
+    return render(
+        request, "kumosubmit/credentials/app_password_form.html", {"login": login, "form": form}
+    )
 
 
-@login_required
+@sign_in_required
 @require_http_methods(["GET", "POST"])
 def revoke(request: HttpRequest, login_id: int, app_password_id: int) -> HttpResponse:
     """Ask (GET), then revoke (POST): the password stops working at once."""
@@ -201,14 +203,14 @@ def revoke(request: HttpRequest, login_id: int, app_password_id: int) -> HttpRes
         return HttpResponseRedirect(reverse("credentials:login", args=[login.pk]))
     return render(
         request,
-        "credentials/app_password_revoke.html",
+        "kumosubmit/credentials/app_password_revoke.html",
         {"login": login, "app_password": app_password},
     )
 
 
 @sensitive_variables()
 @sensitive_post_parameters("password1", "password2")
-@login_required
+@sign_in_required
 @require_http_methods(["GET", "POST"])
 def set_password(request: HttpRequest, login_id: int) -> HttpResponse:
     """Choose the login's own password (this ends a password change an operator forced)."""
@@ -218,4 +220,6 @@ def set_password(request: HttpRequest, login_id: int) -> HttpResponse:
         form.save()
         messages.success(request, gettext("The password of %s was changed.") % login.username)
         return HttpResponseRedirect(reverse("credentials:login", args=[login.pk]))
-    return render(request, "credentials/set_password.html", {"login": login, "form": form})
+    return render(
+        request, "kumosubmit/credentials/set_password.html", {"login": login, "form": form}
+    )

@@ -338,3 +338,62 @@ def test_inactive_logins_are_shown_as_such(alice):
     SmtpLogin.objects.filter(pk=login.pk).update(is_active=False)
     assert b"inactive" in client.get(url("index")).content
     assert b"This login is inactive" in client.get(url("login", login.pk)).content
+
+
+# -- a project with kumosubmit's URLs and nothing else ---------------------------------
+
+
+@pytest.fixture
+def app_only(settings):
+    """A host project that includes only kumosubmit's URLs, on Django's default settings."""
+    settings.ROOT_URLCONF = "tests.urls_app_only"
+    settings.LOGIN_URL = "/accounts/login/"
+    settings.LOGIN_REDIRECT_URL = "/accounts/profile/"
+    settings.LOGOUT_REDIRECT_URL = None
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": []}]  # the app's templates only
+
+
+def test_a_project_without_sign_in_pages_gets_the_apps(app_only, client, make_user):
+    make_user("alice")
+    response = client.get("/credentials/")
+    assert response["Location"] == "/credentials/sign-in/?next=/credentials/"
+    page = client.get(response["Location"])
+    assert page.status_code == 200
+    assert b'<label for="id_username">' in page.content
+    assert b'<form method="post" class="stacked">' in page.content  # back to itself
+    # Without "next", the app's sign-in page leads to the logins, not /accounts/profile/.
+    signed_in = client.post(
+        "/credentials/sign-in/", {"username": "alice", "password": SITE_PASSWORD}
+    )
+    assert signed_in["Location"] == "/credentials/"
+    index = client.get("/credentials/")
+    assert index.status_code == 200
+    assert b'action="/credentials/sign-out/"' in index.content
+    assert b'href="/credentials/site-password/"' in index.content
+    assert b'href="/admin/"' not in index.content  # not staff
+    changed = client.post(
+        "/credentials/site-password/",
+        {
+            "old_password": SITE_PASSWORD,
+            "new_password1": "another site password 42",
+            "new_password2": "another site password 42",
+        },
+    )
+    assert changed["Location"] == "/credentials/site-password/done/"
+    assert client.get(changed["Location"]).status_code == 200
+    signed_out = client.post("/credentials/sign-out/")
+    assert signed_out["Location"] == "/credentials/sign-in/"
+    assert client.get("/credentials/").status_code == 302
+
+
+def test_the_projects_sign_in_page_and_redirect_are_used_when_it_has_them(client, make_user):
+    """The example project: Django's account pages at accounts/, LOGIN_URL = "login"."""
+    make_user("alice")
+    assert client.get("/credentials/")["Location"] == "/accounts/login/?next=/credentials/"
+    signed_in = client.post(
+        "/credentials/sign-in/", {"username": "alice", "password": SITE_PASSWORD}
+    )
+    assert signed_in["Location"] == "/credentials/"  # LOGIN_REDIRECT_URL
+    index = client.get("/credentials/")
+    assert b'action="/accounts/logout/"' in index.content
+    assert b'href="/accounts/password_change/"' in index.content

@@ -20,7 +20,8 @@ from django.db.migrations.executor import MigrationExecutor
 import kumosubmit
 from kumosubmit import metrics
 from kumosubmit.certs import ensure_self_signed
-from kumosubmit.conf import app_settings
+from kumosubmit.checks import checking_runsmtpd
+from kumosubmit.conf import DEFAULT_LISTEN, app_settings
 from kumosubmit.credentials import hashing
 from kumosubmit.exporter import Exporter
 from kumosubmit.protocol.listener import (
@@ -48,7 +49,8 @@ class Command(BaseCommand):
             "--listen",
             action="append",
             metavar="HOST:PORT",
-            help="A STARTTLS listener (repeatable). Default: KUMOSUBMIT['LISTEN'], 127.0.0.1:2587.",
+            help="A STARTTLS listener (repeatable). Default: KUMOSUBMIT['LISTEN']; with no "
+            "listener of any kind given, 127.0.0.1:2587.",
         )
         parser.add_argument(
             "--implicit-tls",
@@ -99,8 +101,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["workers"] is not None and options["workers"] < 1:
             raise CommandError("--workers must be 1 or more.")
+        workers = options["workers"] or app_settings.WORKERS or os.cpu_count() or 1
         if not options["skip_checks"]:
-            self.check(display_num_errors=False)
+            with checking_runsmtpd(workers):  # W053 counts these workers
+                self.check(display_num_errors=False)
         self._refuse_unapplied_migrations()
 
         # The checks opened connections in this thread; the server uses its own.
@@ -120,7 +124,6 @@ class Command(BaseCommand):
             raise CommandError(f"--trusted-proxy: {error}") from error
         timeout = options["shutdown_timeout"]
         grace = float(app_settings.SHUTDOWN_TIMEOUT if timeout is None else timeout)
-        workers = options["workers"] or app_settings.WORKERS or os.cpu_count() or 1
         hashing.share_cores_with(workers)
         metrics_address = self._metrics_address(options)
         try:
@@ -247,6 +250,9 @@ class Command(BaseCommand):
         starttls = options["listen"] or app_settings.LISTEN
         implicit = options["implicit_tls"] or app_settings.IMPLICIT_TLS
         proxied = options["proxy_listen"] or app_settings.PROXY_LISTEN
+        if not (starttls or implicit or proxied):
+            # Only then: --proxy-listen or --implicit-tls alone binds just what it names.
+            starttls = DEFAULT_LISTEN
         listeners = []
         for addresses, is_implicit, proxy in (
             (starttls, False, False),
