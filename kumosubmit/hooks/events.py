@@ -109,8 +109,13 @@ class _Run:
         self.args = args
         self.wrappers: list[Any] = []
 
-    async def handlers(self, until: Callable[[Any], bool] | None = None) -> Any:
-        """Run the chain; stop at the first result ``until`` accepts. Return that result."""
+    async def handlers(
+        self,
+        until: Callable[[Any], bool] | None = None,
+        fold: Callable[[Any], tuple[Any, ...]] | None = None,
+    ) -> Any:
+        """Run the chain; stop at the first result ``until`` accepts, and return it.
+        ``fold`` makes the next handler's arguments from a result (EHLO's extensions)."""
         result = None
         for handler in registry.chain(self.event):
             if handler.wrapper:
@@ -121,6 +126,8 @@ class _Run:
             result = await registry.call(self.event, handler, *self.args)
             if until is not None and until(result):
                 break
+            if fold is not None:
+                self.args = fold(result)
         return result
 
     async def finish(self, outcome: Any) -> Reject | None:
@@ -154,22 +161,32 @@ async def _simple(
 async def _run_simple(
     event: str, args: tuple[Any, ...], meta: ConnectionMeta, tempfail: str
 ) -> str | None:
-    run = _Run(event, args)
+    refusal, _ = await _guarded(_Run(event, args), meta, tempfail)
+    return refusal
+
+
+async def _guarded(
+    run: _Run,
+    meta: ConnectionMeta,
+    tempfail: str,
+    fold: Callable[[Any], tuple[Any, ...]] | None = None,
+) -> tuple[str | None, Any]:
+    """Run the chain and then its wrappers: (the refusal or None, the last result)."""
     try:
-        await run.handlers()
+        result = await run.handlers(fold=fold)
     except Reject as error:
         await _finish_quietly(run, False, meta)
-        return error.reply
+        return error.reply, None
     except Exception as error:
-        _log_failure(event, meta, tempfail, error)
+        _log_failure(run.event, meta, tempfail, error)
         await _finish_quietly(run, False, meta)
-        return tempfail
+        return tempfail, None
     try:
         refusal = await run.finish(True)
     except Exception as error:
-        _log_failure(event, meta, tempfail, error)
-        return tempfail
-    return refusal.reply if refusal else None
+        _log_failure(run.event, meta, tempfail, error)
+        return tempfail, None
+    return (refusal.reply if refusal else None), result
 
 
 async def _finish_quietly(run: _Run, outcome: Any, meta: ConnectionMeta, secret: str = "") -> None:
@@ -211,36 +228,19 @@ async def ehlo(
 
 
 async def _run_ehlo(
-    domain: str, meta: ConnectionMeta, current: list[str], *, extended: bool, tls: bool
+    domain: str, meta: ConnectionMeta, extensions: list[str], *, extended: bool, tls: bool
 ) -> list[str] | str:
-    chain = registry.chain(EHLO)
-    run = _Run(EHLO, ())
-    try:
-        for handler in chain:
-            args = (domain, meta, list(current))
-            if handler.wrapper:
-                run.args = args
-                generator = handler.func(*args)
-                await registry.bounded(EHLO, generator.__anext__())
-                run.wrappers.append(generator)
-                continue
-            result = await registry.call(EHLO, handler, *args)
-            if result is not None and extended:
-                current = [_extension(line) for line in result]
-    except Reject as error:
-        await _finish_quietly(run, False, meta)
-        return error.reply
-    except Exception as error:
-        _log_failure(EHLO, meta, TEMPFAIL, error)
-        await _finish_quietly(run, False, meta)
-        return TEMPFAIL
-    try:
-        refusal = await run.finish(True)
-    except Exception as error:
-        _log_failure(EHLO, meta, TEMPFAIL, error)
-        return TEMPFAIL
-    if refusal:
-        return refusal.reply
+    current = extensions
+
+    def fold(result: Any) -> tuple[Any, ...]:
+        nonlocal current
+        if result is not None and extended:
+            current = [_extension(line) for line in result]
+        return (domain, meta, list(current))
+
+    refusal, _ = await _guarded(_Run(EHLO, fold(None)), meta, TEMPFAIL, fold)
+    if refusal is not None:
+        return refusal
     if not tls:
         current = [line for line in current if line.split(" ", 1)[0].upper() != "AUTH"]
     return current
