@@ -30,7 +30,41 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
     errors += _check_listeners() + _check_tls() + _check_argon2() + _check_paths()
     errors += _check_numbers()
     errors += _check_brute_force()
+    errors += _check_brute_force("WEB_BRUTE_FORCE", "kumosubmit.E050") + _check_web()
     errors += _check_metrics()
+    return errors
+
+
+def _check_web() -> list[Error | Warning]:
+    """WEB_TRUSTED_PROXIES, and the throttled backend in AUTHENTICATION_BACKENDS."""
+    from django.conf import settings
+
+    from kumosubmit.protocol.listener import parse_networks
+
+    errors: list[Error | Warning] = []
+    proxies = app_settings.WEB_TRUSTED_PROXIES
+    try:
+        if isinstance(proxies, str):
+            raise ValueError("must be a list, not one string")
+        parse_networks(str(p) for p in proxies)
+    except (TypeError, ValueError) as error:
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['WEB_TRUSTED_PROXIES']: {error}",
+                hint="A list of addresses or networks, e.g. ['10.0.0.0/8', '::1'].",
+                id="kumosubmit.E051",
+            )
+        )
+    backends = list(getattr(settings, "AUTHENTICATION_BACKENDS", []))
+    throttled = "kumosubmit.web.backends.ThrottledModelBackend"
+    if "django.contrib.auth.backends.ModelBackend" in backends and throttled not in backends:
+        errors.append(
+            Warning(
+                "Site passwords are checked without the sign-in throttle.",
+                hint=f"Put {throttled!r} in AUTHENTICATION_BACKENDS instead of ModelBackend.",
+                id="kumosubmit.W050",
+            )
+        )
     return errors
 
 
@@ -154,20 +188,23 @@ def _is_whole(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _check_brute_force() -> list[Error | Warning]:
-    """KUMOSUBMIT["BRUTE_FORCE"]: known keys, sane numbers (read by credentials/throttle.py)."""
-    user = app_settings.BRUTE_FORCE
+def _check_brute_force(
+    name: str = "BRUTE_FORCE", id: str = "kumosubmit.E010"
+) -> list[Error | Warning]:
+    """KUMOSUBMIT["BRUTE_FORCE"] (read by credentials/throttle.py), or WEB_BRUTE_FORCE
+    (web/throttle.py): known keys, sane numbers."""
+    user = getattr(app_settings, name)
 
     def error(message: str) -> Error:
         return Error(
-            f"KUMOSUBMIT['BRUTE_FORCE'] {message}",
+            f"KUMOSUBMIT[{name!r}] {message}",
             hint="See the defaults in kumosubmit/conf.py.",
-            id="kumosubmit.E010",
+            id=id,
         )
 
     if not isinstance(user, dict):
         return [error("must be a dict.")]
-    defaults = DEFAULTS["BRUTE_FORCE"]
+    defaults = DEFAULTS[name]
     errors = [error(f"has an unknown key {key!r}.") for key in sorted(set(user) - set(defaults))]
     values = {**defaults, **user}
     if not isinstance(values["ENABLED"], bool):
@@ -188,7 +225,7 @@ def _check_brute_force() -> list[Error | Warning]:
     if values["MAX_DELAY"] < values["DELAY"]:
         errors.append(error("['MAX_DELAY'] is below ['DELAY']."))
     idle = app_settings.IDLE_TIMEOUT
-    if _is_number(idle) and values["MAX_DELAY"] >= idle:
+    if name == "BRUTE_FORCE" and _is_number(idle) and values["MAX_DELAY"] >= idle:
         # The idle timer runs while a failure is being delayed: the client would be cut off.
         errors.append(error(f"['MAX_DELAY'] must be below IDLE_TIMEOUT ({idle} s)."))
     return errors

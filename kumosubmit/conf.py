@@ -128,6 +128,23 @@ DEFAULTS: dict[str, Any] = {
         "BLOCK_DURATION": 900,  # seconds a block lasts
         "IPV6_PREFIX": 64,  # an IPv6 client is counted by its network of this size
     },
+    # Failed web sign-ins (the self-service sign-in, the admin's, password change), with
+    # the same rules, counted apart from AUTH (kumosubmit/web/throttle.py). The delay holds
+    # one server thread, so it stops lower than AUTH's.
+    "WEB_BRUTE_FORCE": {
+        "ENABLED": True,
+        "WINDOW": 900,
+        "DELAY": 1.0,
+        "MAX_DELAY": 8.0,
+        "IP_BLOCK_AFTER": 10,
+        "LOGIN_BLOCK_AFTER": 20,
+        "BLOCK_DURATION": 900,
+        "IPV6_PREFIX": 64,
+    },
+    # Reverse proxies in front of the web pages (addresses or networks). Only a request
+    # from one of them may name the client in X-Forwarded-For; from anyone else the header
+    # is ignored and the peer is the client (kumosubmit/web/addresses.py).
+    "WEB_TRUSTED_PROXIES": [],
     # -- sender policy -------------------------------------------------------------
     # After AUTH, MAIL FROM must be an address the login may send as (553 5.7.1 if not).
     "CHECK_SENDER": True,

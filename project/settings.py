@@ -112,6 +112,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "credentials:index"
 LOGOUT_REDIRECT_URL = "login"
+# Every check of a site password is throttled like SMTP AUTH (kumosubmit/web/throttle.py).
+AUTHENTICATION_BACKENDS = ["kumosubmit.web.backends.ThrottledModelBackend"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

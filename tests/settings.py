@@ -17,6 +17,7 @@ KUMOSUBMIT = {
     "HOSTNAME": "mx.test.invalid",
     # No penalty delay unless a test asks for one (tests/security/test_bruteforce.py does).
     "BRUTE_FORCE": {"DELAY": 0},
+    "WEB_BRUTE_FORCE": {"DELAY": 0},
 }
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
