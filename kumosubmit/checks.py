@@ -31,7 +31,90 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
     errors += _check_numbers()
     errors += _check_brute_force()
     errors += _check_brute_force("WEB_BRUTE_FORCE", "kumosubmit.E050") + _check_web()
+    errors += _check_second_factor() + _check_notices()
     errors += _check_metrics()
+    return errors
+
+
+SECOND_FACTOR_MIDDLEWARE = (
+    "django_otp.middleware.OTPMiddleware",
+    "kumosubmit.web.middleware.SecondFactorMiddleware",
+)
+
+
+def _check_second_factor() -> list[Error | Warning]:
+    """SECOND_FACTOR and its companions (read by kumosubmit/web/second_factor.py)."""
+    from django.conf import settings
+
+    errors: list[Error | Warning] = []
+    policy = app_settings.SECOND_FACTOR
+    if policy not in ("staff", "all", "none"):
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['SECOND_FACTOR'] is {policy!r}.",
+                hint="'staff' (the default), 'all' or 'none'.",
+                id="kumosubmit.E052",
+            )
+        )
+    age = app_settings.SECOND_FACTOR_MAX_AGE
+    if not _is_number(age) or age <= 0:
+        errors.append(
+            Error(
+                "KUMOSUBMIT['SECOND_FACTOR_MAX_AGE'] must be a number of seconds above 0.",
+                id="kumosubmit.E053",
+            )
+        )
+    if not _is_whole(app_settings.RECOVERY_CODES, 1, 100):
+        errors.append(
+            Error(
+                "KUMOSUBMIT['RECOVERY_CODES'] must be a whole number from 1 to 100.",
+                id="kumosubmit.E053",
+            )
+        )
+    middleware = list(getattr(settings, "MIDDLEWARE", []))
+    auth = "django.contrib.auth.middleware.AuthenticationMiddleware"
+    placed = all(m in middleware for m in (auth, *SECOND_FACTOR_MIDDLEWARE)) and (
+        middleware.index(auth)
+        < middleware.index(SECOND_FACTOR_MIDDLEWARE[0])
+        < middleware.index(SECOND_FACTOR_MIDDLEWARE[1])
+    )
+    if policy != "none" and not placed:
+        errors.append(
+            Error(
+                "The second factor is required but its middleware is missing or out of order.",
+                hint="MIDDLEWARE needs AuthenticationMiddleware, then "
+                + ", then ".join(SECOND_FACTOR_MIDDLEWARE)
+                + " (or SECOND_FACTOR = 'none').",
+                id="kumosubmit.E054",
+            )
+        )
+    return errors
+
+
+def _check_notices() -> list[Error | Warning]:
+    """KUMOSUBMIT["NOTICES"] (read by kumosubmit/notices.py)."""
+    user = app_settings.NOTICES
+
+    def error(message: str) -> Error:
+        return Error(
+            f"KUMOSUBMIT['NOTICES'] {message}",
+            hint="See the defaults in kumosubmit/conf.py.",
+            id="kumosubmit.E060",
+        )
+
+    if not isinstance(user, dict):
+        return [error("must be a dict.")]
+    defaults = DEFAULTS["NOTICES"]
+    errors = [error(f"has an unknown key {key!r}.") for key in sorted(set(user) - set(defaults))]
+    values = {**defaults, **user}
+    for key in ("APP_PASSWORD_CREATED", "SECOND_FACTOR_REMOVED", "NEW_ADDRESS", "LOGIN_BLOCKED"):
+        if not isinstance(values[key], bool):
+            errors.append(error(f"[{key!r}] must be True or False."))
+    if values["DELIVERY"] not in ("queue", "email"):
+        errors.append(error("['DELIVERY'] must be 'queue' or 'email'."))
+    for key in ("FROM", "SITE_URL"):
+        if values[key] is not None and not isinstance(values[key], str):
+            errors.append(error(f"[{key!r}] must be a string or None."))
     return errors
 
 
