@@ -58,6 +58,16 @@ class ConnectionRecord(models.Model):
         verbose_name = _("connection")
         verbose_name_plural = _("connection audit log")
         ordering = ["-started_at"]
+        indexes = [
+            # The operator's view (kumosubmit/admin/dashboard.py) reads only this index: the
+            # hours of the last week by outcome with their messages, and the failed
+            # connections of the last day by address and by login. One index, not one per
+            # query, as each costs every audit write.
+            models.Index(
+                fields=["started_at", "auth_outcome", "messages_accepted", "peer_address", "authc"],
+                name="kumosubmit_audit_dashboard",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.peer_address} {self.started_at:%Y-%m-%d %H:%M:%S} {self.auth_outcome}"
