@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.db import connections, transaction
 from django.db.models import Count, Field, Func, Max, Sum
 from django.db.models.expressions import Expression
 from django.http import HttpRequest
@@ -124,7 +125,13 @@ def hourly(now: datetime, hours: int = HOURS_LONG) -> list[Hour]:
         .annotate(connections=Count("*"), messages=Sum("messages_accepted"))
         .order_by()
     )
-    for row in rows:
+    with transaction.atomic(using=rows.db):
+        if connections[rows.db].vendor == "postgresql":
+            # JIT compiling this one aggregate costs more than it saves (docs/benchmarks.md).
+            with connections[rows.db].cursor() as cursor:
+                cursor.execute("SET LOCAL jit = off")
+        fetched = list(rows)
+    for row in fetched:
         bucket = buckets.get(hour_number(row["hour"]))
         if bucket is None:
             continue
