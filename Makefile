@@ -52,7 +52,8 @@ test-postgres: $(STAMP)
 
 ## screenshots: retake docs/screenshots/ with the browser test
 screenshots: $(STAMP)
-	KUMOSUBMIT_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/web/test_browser.py
+	KUMOSUBMIT_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/web/test_browser.py \
+	    tests/web/test_browser_second_factor.py tests/web/test_browser_dashboard.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
