@@ -63,7 +63,8 @@ test-postgres: $(DEV_STAMP)
 
 ## screenshots: retake docs/screenshots/ with the browser test
 screenshots: $(DEV_STAMP)
-	KUMOSUBMIT_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/web/test_browser.py
+	KUMOSUBMIT_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/web/test_browser.py \
+	    tests/web/test_browser_second_factor.py tests/web/test_browser_dashboard.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

@@ -35,7 +35,124 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
     errors += _check_listeners() + _check_tls() + _check_argon2() + _check_paths()
     errors += _check_numbers()
     errors += _check_brute_force()
+    errors += _check_brute_force("WEB_BRUTE_FORCE", "kumosubmit.E070") + _check_web()
+    errors += _check_second_factor() + _check_notices()
     errors += _check_metrics()
+    return errors
+
+
+SECOND_FACTOR_MIDDLEWARE = (
+    "django_otp.middleware.OTPMiddleware",
+    "kumosubmit.web.middleware.SecondFactorMiddleware",
+)
+
+
+def _check_second_factor() -> list[Error | Warning]:
+    """SECOND_FACTOR and its companions (read by kumosubmit/web/second_factor.py)."""
+    from django.conf import settings
+
+    errors: list[Error | Warning] = []
+    policy = app_settings.SECOND_FACTOR
+    if policy not in ("staff", "all", "none"):
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['SECOND_FACTOR'] is {policy!r}.",
+                hint="'staff' (the default), 'all' or 'none'.",
+                id="kumosubmit.E072",
+            )
+        )
+    age = app_settings.SECOND_FACTOR_MAX_AGE
+    if not _is_number(age) or age <= 0:
+        errors.append(
+            Error(
+                "KUMOSUBMIT['SECOND_FACTOR_MAX_AGE'] must be a number of seconds above 0.",
+                id="kumosubmit.E073",
+            )
+        )
+    if not _is_whole(app_settings.RECOVERY_CODES, 1, 100):
+        errors.append(
+            Error(
+                "KUMOSUBMIT['RECOVERY_CODES'] must be a whole number from 1 to 100.",
+                id="kumosubmit.E073",
+            )
+        )
+    middleware = list(getattr(settings, "MIDDLEWARE", []))
+    auth = "django.contrib.auth.middleware.AuthenticationMiddleware"
+    placed = all(m in middleware for m in (auth, *SECOND_FACTOR_MIDDLEWARE)) and (
+        middleware.index(auth)
+        < middleware.index(SECOND_FACTOR_MIDDLEWARE[0])
+        < middleware.index(SECOND_FACTOR_MIDDLEWARE[1])
+    )
+    if policy != "none" and not placed:
+        errors.append(
+            Error(
+                "The second factor is required but its middleware is missing or out of order.",
+                hint="MIDDLEWARE needs AuthenticationMiddleware, then "
+                + ", then ".join(SECOND_FACTOR_MIDDLEWARE)
+                + " (or SECOND_FACTOR = 'none').",
+                id="kumosubmit.E074",
+            )
+        )
+    return errors
+
+
+def _check_notices() -> list[Error | Warning]:
+    """KUMOSUBMIT["NOTICES"] (read by kumosubmit/notices.py)."""
+    user = app_settings.NOTICES
+
+    def error(message: str) -> Error:
+        return Error(
+            f"KUMOSUBMIT['NOTICES'] {message}",
+            hint="See the defaults in kumosubmit/conf.py.",
+            id="kumosubmit.E075",
+        )
+
+    if not isinstance(user, dict):
+        return [error("must be a dict.")]
+    defaults = DEFAULTS["NOTICES"]
+    errors = [error(f"has an unknown key {key!r}.") for key in sorted(set(user) - set(defaults))]
+    values = {**defaults, **user}
+    for key in ("APP_PASSWORD_CREATED", "SECOND_FACTOR_REMOVED", "NEW_ADDRESS", "LOGIN_BLOCKED"):
+        if not isinstance(values[key], bool):
+            errors.append(error(f"[{key!r}] must be True or False."))
+    if values["DELIVERY"] not in ("queue", "email"):
+        errors.append(error("['DELIVERY'] must be 'queue' or 'email'."))
+    for key in ("FROM", "SITE_URL"):
+        if values[key] is not None and not isinstance(values[key], str):
+            errors.append(error(f"[{key!r}] must be a string or None."))
+    return errors
+
+
+def _check_web() -> list[Error | Warning]:
+    """WEB_TRUSTED_PROXIES, and the throttled backend in AUTHENTICATION_BACKENDS."""
+    from django.conf import settings
+
+    from kumosubmit.protocol.listener import parse_networks
+
+    errors: list[Error | Warning] = []
+    proxies = app_settings.WEB_TRUSTED_PROXIES
+    try:
+        if isinstance(proxies, str):
+            raise ValueError("must be a list, not one string")
+        parse_networks(str(p) for p in proxies)
+    except (TypeError, ValueError) as error:
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['WEB_TRUSTED_PROXIES']: {error}",
+                hint="A list of addresses or networks, e.g. ['10.0.0.0/8', '::1'].",
+                id="kumosubmit.E071",
+            )
+        )
+    backends = list(getattr(settings, "AUTHENTICATION_BACKENDS", []))
+    throttled = "kumosubmit.web.backends.ThrottledModelBackend"
+    if "django.contrib.auth.backends.ModelBackend" in backends and throttled not in backends:
+        errors.append(
+            Warning(
+                "Site passwords are checked without the sign-in throttle.",
+                hint=f"Put {throttled!r} in AUTHENTICATION_BACKENDS instead of ModelBackend.",
+                id="kumosubmit.W070",
+            )
+        )
     return errors
 
 
@@ -159,20 +276,23 @@ def _is_whole(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _check_brute_force() -> list[Error | Warning]:
-    """KUMOSUBMIT["BRUTE_FORCE"]: known keys, sane numbers (read by credentials/throttle.py)."""
-    user = app_settings.BRUTE_FORCE
+def _check_brute_force(
+    name: str = "BRUTE_FORCE", id: str = "kumosubmit.E010"
+) -> list[Error | Warning]:
+    """KUMOSUBMIT["BRUTE_FORCE"] (read by credentials/throttle.py), or WEB_BRUTE_FORCE
+    (web/throttle.py): known keys, sane numbers."""
+    user = getattr(app_settings, name)
 
     def error(message: str) -> Error:
         return Error(
-            f"KUMOSUBMIT['BRUTE_FORCE'] {message}",
+            f"KUMOSUBMIT[{name!r}] {message}",
             hint="See the defaults in kumosubmit/conf.py.",
-            id="kumosubmit.E010",
+            id=id,
         )
 
     if not isinstance(user, dict):
         return [error("must be a dict.")]
-    defaults = DEFAULTS["BRUTE_FORCE"]
+    defaults = DEFAULTS[name]
     errors = [error(f"has an unknown key {key!r}.") for key in sorted(set(user) - set(defaults))]
     values = {**defaults, **user}
     if not isinstance(values["ENABLED"], bool):
@@ -193,7 +313,7 @@ def _check_brute_force() -> list[Error | Warning]:
     if values["MAX_DELAY"] < values["DELAY"]:
         errors.append(error("['MAX_DELAY'] is below ['DELAY']."))
     idle = app_settings.IDLE_TIMEOUT
-    if _is_number(idle) and values["MAX_DELAY"] >= idle:
+    if name == "BRUTE_FORCE" and _is_number(idle) and values["MAX_DELAY"] >= idle:
         # The idle timer runs while a failure is being delayed: the client would be cut off.
         errors.append(error(f"['MAX_DELAY'] must be below IDLE_TIMEOUT ({idle} s)."))
     return errors

@@ -140,6 +140,54 @@ DEFAULTS: dict[str, Any] = {
         "BLOCK_DURATION": 900,  # seconds a block lasts
         "IPV6_PREFIX": 64,  # an IPv6 client is counted by its network of this size
     },
+    # Failed web sign-ins (the self-service sign-in, the admin's, password change), with
+    # the same rules, counted apart from AUTH (kumosubmit/web/throttle.py). The delay holds
+    # one server thread, so it stops lower than AUTH's.
+    "WEB_BRUTE_FORCE": {
+        "ENABLED": True,
+        "WINDOW": 900,
+        "DELAY": 1.0,
+        "MAX_DELAY": 8.0,
+        "IP_BLOCK_AFTER": 10,
+        "LOGIN_BLOCK_AFTER": 20,
+        "BLOCK_DURATION": 900,
+        "IPV6_PREFIX": 64,
+    },
+    # Reverse proxies in front of the web pages (addresses or networks). Only a request
+    # from one of them may name the client in X-Forwarded-For; from anyone else the header
+    # is ignored and the peer is the client (kumosubmit/web/addresses.py).
+    "WEB_TRUSTED_PROXIES": [],
+    # -- second factor for the web (kumosubmit/web/second_factor.py, docs/web.md) ----------
+    # Who must have one (TOTP or a passkey) before using the pages or the admin: "staff"
+    # (staff and superusers), "all", or "none". Anyone may enrol one.
+    "SECOND_FACTOR": "staff",
+    # Seconds a second-factor check stays fresh: creating an app password or setting a
+    # login's own password asks for it again after this.
+    "SECOND_FACTOR_MAX_AGE": 600,
+    # Single-use recovery codes made when TOTP is set up (and on request).
+    "RECOVERY_CODES": 10,
+    # The name authenticator apps and passkeys show for this site.
+    "SECOND_FACTOR_ISSUER": "kumosubmit",
+    # The WebAuthn relying party id: a domain the pages are served under; None: the host
+    # each page was served from.
+    "WEBAUTHN_RP_ID": None,
+    # -- notices to owners (kumosubmit/notices.py) ---------------------------------------
+    # Each kind is sent only if on. The recipient is the site user's e-mail address (for a
+    # login: its owner's, else the login name if it is an address).
+    "NOTICES": {
+        "APP_PASSWORD_CREATED": True,
+        "SECOND_FACTOR_REMOVED": True,
+        "NEW_ADDRESS": True,  # a login first used from a new address or IPv6 network
+        "LOGIN_BLOCKED": True,  # a block fell on a login
+        # "queue": stored as a message of kumosubmit's own queue, which runrelay delivers;
+        # "email": sent through Django's EMAIL_BACKEND.
+        "DELIVERY": "queue",
+        # The sender; None: postmaster@HOSTNAME (queue) or DEFAULT_FROM_EMAIL (email).
+        "FROM": None,
+        # The pages' address, e.g. "https://mail.example.com", for the links in notices
+        # that no web request caused (new address, block). None: links from the request.
+        "SITE_URL": None,
+    },
     # -- sender policy -------------------------------------------------------------
     # After AUTH, MAIL FROM must be an address the login may send as (553 5.7.1 if not).
     "CHECK_SENDER": True,

@@ -1,6 +1,6 @@
 """The app's models live beside the code that uses them; Django finds them here."""
 
-from kumosubmit.audit.models import ConnectionRecord
+from kumosubmit.audit.models import ConnectionRecord, SeenAddress
 from kumosubmit.credentials.models import (
     AllowedSender,
     AppPassword,
@@ -9,6 +9,7 @@ from kumosubmit.credentials.models import (
     SmtpLogin,
 )
 from kumosubmit.spool.models import Message
+from kumosubmit.web.models import Passkey
 
 __all__ = [
     "AllowedSender",
@@ -17,5 +18,7 @@ __all__ = [
     "AuthorizedIdentity",
     "ConnectionRecord",
     "Message",
+    "Passkey",
+    "SeenAddress",
     "SmtpLogin",
 ]

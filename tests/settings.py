@@ -17,6 +17,10 @@ KUMOSUBMIT = {
     "HOSTNAME": "mx.test.invalid",
     # No penalty delay unless a test asks for one (tests/security/test_bruteforce.py does).
     "BRUTE_FORCE": {"DELAY": 0},
+    "WEB_BRUTE_FORCE": {"DELAY": 0},
+    # The tests of other things sign staff in with force_login; tests/web/test_second_factor.py
+    # sets the policy it tests.
+    "SECOND_FACTOR": "none",
 }
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

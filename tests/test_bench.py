@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -241,3 +242,10 @@ def test_auth_cpu_beside_the_sink(tmp_path: Path) -> None:
     # kumosubmit's database thread and argon2 pool do work; the sink has neither.
     assert ours["ms_per_session"]["other_threads"] > 0
     assert sink["ms_per_session"]["other_threads"] < ours["ms_per_session"]["other_threads"]
+
+
+def test_dashboard() -> None:
+    output = bench_script("dashboard.py", "--rows", "2000", "--renders", "1", "--explain")
+    assert output.startswith("sqlite: 2,000 audit rows over 7 days")
+    assert re.search(r"render: median \d+ ms of 1", output)
+    assert "USING COVERING INDEX kumosubmit_audit_dashboard" in output

@@ -166,8 +166,28 @@ class ConnectionRecordAdmin(ReadOnlyAdmin):
                 self.admin_site.admin_view(self.export_view),
                 name="kumosubmit_connectionrecord_export",
             ),
+            path(
+                "dashboard/",
+                self.admin_site.admin_view(self.dashboard_view),
+                name="kumosubmit_dashboard",
+            ),
             *super().get_urls(),
         ]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """The operator's view: charts of the last day and week, top failures, blocks."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from kumosubmit.admin import dashboard
+
+        context = {
+            **self.admin_site.each_context(request),
+            **dashboard.context(request),
+            "title": gettext("Operator's view"),
+            "opts": self.opts,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/kumosubmit/dashboard.html", context)
 
     def export_view(self, request: HttpRequest) -> HttpResponse:
         """A date range form (GET); with a valid range, the rows as CSV, streamed."""

@@ -58,6 +58,16 @@ class ConnectionRecord(models.Model):
         verbose_name = _("connection")
         verbose_name_plural = _("connection audit log")
         ordering = ["-started_at"]
+        indexes = [
+            # The operator's view (kumosubmit/admin/dashboard.py) reads only this index: the
+            # hours of the last week by outcome with their messages, and the failed
+            # connections of the last day by address and by login. One index, not one per
+            # query, as each costs every audit write.
+            models.Index(
+                fields=["started_at", "auth_outcome", "messages_accepted", "peer_address", "authc"],
+                name="kumosubmit_audit_dashboard",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.peer_address} {self.started_at:%Y-%m-%d %H:%M:%S} {self.auth_outcome}"
@@ -65,3 +75,28 @@ class ConnectionRecord(models.Model):
     @property
     def meta_json(self) -> str:
         return json.dumps(self.meta, indent=2, sort_keys=True, cls=LenientJSONEncoder)
+
+
+class SeenAddress(models.Model):
+    """A network a login has been used from: the first use from a new one is told its owner.
+
+    Written by :func:`kumosubmit.notices.new_address_used`; the unique pair makes
+    "new" a fact the database decides, so two processes cannot both send the notice.
+    """
+
+    login = models.ForeignKey(
+        "kumosubmit.SmtpLogin", on_delete=models.CASCADE, related_name="seen_addresses"
+    )
+    # An IPv4 address, or an IPv6 network (as the failed-AUTH counters count them).
+    network = models.CharField(_("address or network"), max_length=64)
+    first_seen_at = models.DateTimeField(_("first seen"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("address a login was used from")
+        verbose_name_plural = _("addresses logins were used from")
+        constraints = [
+            models.UniqueConstraint(fields=["login", "network"], name="kumosubmit_seen_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.login_id} {self.network}"

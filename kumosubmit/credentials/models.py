@@ -181,8 +181,13 @@ class AuthFailureCounter(models.Model):
         LOGIN = "login", _("login")
         # Never blocks by itself: it tells which addresses a login block applies to.
         PAIR = "pair", _("address and login")
+        # The same three for the web sign-in forms (kumosubmit/web/throttle.py): one
+        # table, so the admin shows web and SMTP blocks in one list.
+        WEB_ADDRESS = "web_address", _("web: client address")
+        WEB_LOGIN = "web_login", _("web: user")
+        WEB_PAIR = "web_pair", _("web: address and user")
 
-    kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
     # An address (an IPv6 one as its network), a case-folded login, or "address login".
     value = models.CharField(_("value"), max_length=320)
     failures = models.PositiveIntegerField(_("failures"), default=0)

@@ -1,15 +1,85 @@
-"""The self-service forms: a new app password, and a new password for a login."""
+"""The self-service forms: sign-in and password change (throttled), a new app password,
+and a new password for a login."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import authenticate
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_variables
 
 from kumosubmit.credentials.models import AppPassword
 from kumosubmit.forms import SmtpLoginPasswordForm
+from kumosubmit.web.backends import BLOCKED_ATTRIBUTE
+
+BLOCKED_MESSAGE = _(
+    "Too many failed sign-ins from this address. Wait a while and try again, or ask an "
+    "administrator to lift the block."
+)
+
+
+def _raise_if_blocked(request: HttpRequest | None) -> None:
+    """Say that a block, not the password, refused the sign-in (the SMTP side says 421)."""
+    if request is not None and getattr(request, BLOCKED_ATTRIBUTE, None) is not None:
+        raise ValidationError(BLOCKED_MESSAGE, code="blocked")
+
+
+class SignInForm(AuthenticationForm):
+    """Django's sign-in form, telling a blocked client so (the throttle is the backend's)."""
+
+    def clean(self) -> dict[str, Any]:
+        try:
+            return super().clean()
+        except ValidationError:
+            _raise_if_blocked(self.request)
+            raise
+
+
+class AdminSignInForm(AdminAuthenticationForm):
+    """The admin's sign-in form, likewise."""
+
+    def clean(self) -> dict[str, Any]:
+        try:
+            return super().clean()
+        except ValidationError:
+            _raise_if_blocked(self.request)
+            raise
+
+
+class ThrottledPasswordChangeForm(PasswordChangeForm):
+    """Password change whose old password is checked through ``authenticate()``.
+
+    Django's form calls ``user.check_password()``, which no backend sees: a stolen
+    session could guess the password without limit. This one counts as a sign-in.
+    """
+
+    def __init__(
+        self, user: Any, *args: Any, request: HttpRequest | None = None, **kwargs: Any
+    ) -> None:
+        self.request = request
+        super().__init__(user, *args, **kwargs)
+
+    @sensitive_variables("old_password")
+    def clean_old_password(self) -> str:
+        old_password = self.cleaned_data["old_password"]
+        checked = authenticate(
+            self.request, username=self.user.get_username(), password=old_password
+        )
+        if checked is None or checked.pk != self.user.pk:
+            _raise_if_blocked(self.request)
+            raise ValidationError(
+                self.error_messages["password_incorrect"], code="password_incorrect"
+            )
+        return old_password
+
 
 #: The expiry choices, in days ("" never expires), as large mail services offer them.
 EXPIRY_CHOICES = [

@@ -23,12 +23,14 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods
 
+from kumosubmit import notices
 from kumosubmit.audit.models import AuthOutcome, ConnectionRecord
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials import service
 from kumosubmit.credentials.models import AppPassword, SmtpLogin, create_app_password
 from kumosubmit.web.account import sign_in_required
 from kumosubmit.web.forms import AppPasswordForm, LoginPasswordForm
+from kumosubmit.web.second_factor import step_up
 
 #: How many audit rows, and how many revoked or expired app passwords, the login page shows.
 RECENT_SIGN_INS = 20
@@ -154,6 +156,7 @@ def login_detail(request: HttpRequest, login_id: int) -> HttpResponse:
 @sensitive_variables()
 @sensitive_post_parameters()
 @sign_in_required
+@step_up
 @require_http_methods(["GET", "POST"])
 def create(request: HttpRequest, login_id: int) -> HttpResponse:
     """Make an app password and show it, this once, in the answer to the POST.
@@ -177,6 +180,7 @@ def create(request: HttpRequest, login_id: int) -> HttpResponse:
             app_password, password = create_app_password(
                 login, form.cleaned_data["label"], form.expires_at()
             )
+            notices.app_password_created(request, app_password)
             return render(
                 request,
                 "kumosubmit/credentials/app_password_created.html",
@@ -211,6 +215,7 @@ def revoke(request: HttpRequest, login_id: int, app_password_id: int) -> HttpRes
 @sensitive_variables()
 @sensitive_post_parameters("password1", "password2")
 @sign_in_required
+@step_up
 @require_http_methods(["GET", "POST"])
 def set_password(request: HttpRequest, login_id: int) -> HttpResponse:
     """Choose the login's own password (this ends a password change an operator forced)."""

@@ -129,7 +129,7 @@ def new_browser(playwright_driver: Any, tmp_path_factory: pytest.TempPathFactory
             str(tmp_path_factory.mktemp("chromium-profile")),
             executable_path=CHROMIUM,
             args=CHROMIUM_ARGS,
-            viewport={"width": 960, "height": 480},
+            viewport=options.pop("viewport", {"width": 960, "height": 480}),
             locale="en-US",
             timezone_id="UTC",
             **options,

@@ -1,4 +1,4 @@
-"""startproject's settings, and the two lines kumosubmit asks for: the app and its URLs.
+"""startproject's settings, and what kumosubmit asks for: the app (with django-otp's), its URLs.
 
 No LOGIN_URL, no templates of its own, no LOGGING, SQLite without options: the
 least a project does. ``manage.py check`` warns about the sign-in settings
@@ -20,6 +20,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # The web's second factor, which kumosubmit's models build on (docs/integration.md).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "kumosubmit",
 ]
 
@@ -29,6 +33,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "kumosubmit.web.middleware.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -71,5 +77,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Cheap argon2 for the test; a real project keeps the defaults.
-KUMOSUBMIT = {"ARGON2": {"time_cost": 1, "memory_cost": 64, "parallelism": 1}}
+# Cheap argon2 for the test; a real project keeps the defaults. The test signs in as a
+# superuser, whom the default policy would first lead to enrol a second factor (the pages
+# for it are the app's; tests/web/test_second_factor.py covers them).
+KUMOSUBMIT = {
+    "ARGON2": {"time_cost": 1, "memory_cost": 64, "parallelism": 1},
+    "SECOND_FACTOR": "none",
+}
