@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Count, Field, Func, Max, Sum
+from django.db.models import Count, Field, Func, Max, QuerySet, Sum
 from django.db.models.expressions import Expression
 from django.http import HttpRequest
 from django.utils import timezone
@@ -81,11 +81,13 @@ def hour_number(value: int | str) -> int:
     return int(value)
 
 
-class Grouped(Func):
-    """A column to group by that no index can hand over already sorted (SQLite: ``+col``).
+class NoIndex(Func):
+    """A column that SQLite may not use an index of (its unary ``+``); as is elsewhere.
 
-    Without it SQLite walks the whole table in that column's index to skip a sort,
-    instead of the few rows of the last day in ``kumosubmit_audit_dashboard``.
+    To group by ``peer_address`` SQLite would walk the whole table in that column's
+    index to skip a sort, and to find failures it would take the ``auth_outcome``
+    index (failures of all time) when it has no statistics: both instead of the
+    last day's entries of ``kumosubmit_audit_dashboard``.
     """
 
     def __init__(self, expression: Expression | str, output_field: Any) -> None:
@@ -110,6 +112,17 @@ class Hour:
     messages: int
 
 
+def hourly_query(start: datetime, end: datetime) -> QuerySet[ConnectionRecord, dict[str, Any]]:
+    """Connections and accepted messages by hour and AUTH outcome, in [start, end)."""
+    return (
+        ConnectionRecord.objects.filter(started_at__gte=start, started_at__lt=end)
+        .annotate(hour=HourKey("started_at"))
+        .values("hour", "auth_outcome")
+        .annotate(connections=Count("*"), messages=Sum("messages_accepted"))
+        .order_by()
+    )
+
+
 def hourly(now: datetime, hours: int = HOURS_LONG) -> list[Hour]:
     """Connections by AUTH outcome and accepted messages, per hour, oldest first (1 query)."""
     end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
@@ -118,13 +131,7 @@ def hourly(now: datetime, hours: int = HOURS_LONG) -> list[Hour]:
         hour_key(start + timedelta(hours=n)): Hour(start + timedelta(hours=n), {}, 0)
         for n in range(hours)
     }
-    rows = (
-        ConnectionRecord.objects.filter(started_at__gte=start, started_at__lt=end)
-        .annotate(hour=HourKey("started_at"))
-        .values("hour", "auth_outcome")
-        .annotate(connections=Count("*"), messages=Sum("messages_accepted"))
-        .order_by()
-    )
+    rows = hourly_query(start, end)
     with transaction.atomic(using=rows.db):
         if connections[rows.db].vendor == "postgresql":
             # JIT compiling this one aggregate costs more than it saves (docs/benchmarks.md).
@@ -151,19 +158,25 @@ def _columns(hours: list[Hour], every: int, fmt: str) -> tuple[list[Column], lis
     return auth, messages
 
 
-def top_failing(now: datetime, field: str, limit: int = TOP) -> list[dict[str, Any]]:
-    """The values of ``field`` with the most failed or blocked AUTH connections in 24 h."""
-    rows = ConnectionRecord.objects.filter(
-        started_at__gte=now - timedelta(hours=HOURS_SHORT), auth_outcome__in=FAILED
+def top_failing_query(now: datetime, field: str) -> QuerySet[ConnectionRecord, dict[str, Any]]:
+    """Failed or blocked AUTH connections of the last 24 h counted by ``field``, most first."""
+    outcome = ConnectionRecord._meta.get_field("auth_outcome")
+    rows = ConnectionRecord.objects.alias(outcome=NoIndex("auth_outcome", outcome)).filter(
+        started_at__gte=now - timedelta(hours=HOURS_SHORT), outcome__in=FAILED
     )
     if field == "authc":
         rows = rows.exclude(authc="")
     output = ConnectionRecord._meta.get_field(field)
-    return list(
-        rows.values(**{"value": Grouped(field, output)})
+    return (
+        rows.values(**{"value": NoIndex(field, output)})
         .annotate(connections=Count("*"), last=Max("started_at"))
-        .order_by("-connections", "value")[:limit]
+        .order_by("-connections", "value")
     )
+
+
+def top_failing(now: datetime, field: str, limit: int = TOP) -> list[dict[str, Any]]:
+    """The values of ``field`` with the most failed or blocked AUTH connections in 24 h."""
+    return list(top_failing_query(now, field)[:limit])
 
 
 def current_blocks(now: datetime) -> tuple[list[dict[str, Any]], int]:

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from kumosubmit.conf import DEFAULTS, app_settings
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ADDRESS = AuthFailureCounter.Kind.WEB_ADDRESS.value
 USER = AuthFailureCounter.Kind.WEB_LOGIN.value
 PAIR = AuthFailureCounter.Kind.WEB_PAIR.value
+KINDS = (ADDRESS, USER, PAIR)
 
 
 def settings_dict() -> dict[str, Any]:
@@ -154,6 +155,12 @@ def forget_failures(keys: Keys) -> None:
     with transaction.atomic():
         counters.filter(kind=ADDRESS, value=keys.address).exclude(blocked_until__gt=now).delete()
         counters.filter(kind=PAIR, value=keys.pair).delete()
+
+
+def stale_counters(now: datetime | None = None) -> QuerySet[AuthFailureCounter]:
+    """Web counters that can go without changing any delay or block (``pruneaudit``)."""
+    stale = throttle._stale(policy(), now or timezone.now())
+    return AuthFailureCounter.objects.filter(stale, kind__in=KINDS)
 
 
 def wait(seconds: float) -> None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.checks import run_checks
+from django.core.management import call_command
 from django.test import Client, RequestFactory
+from django.utils import timezone
 
 from kumosubmit.credentials.models import AuthFailureCounter
 from kumosubmit.web import throttle
@@ -211,6 +215,21 @@ def test_the_settings_are_checked(settings):
     ids = [message.id for message in run_checks()]
     assert ids.count("kumosubmit.E070") == 2
     assert "kumosubmit.E071" in ids and "kumosubmit.W070" in ids
+
+
+def test_pruneaudit_keeps_web_counters_by_the_web_rules(db, settings):
+    settings.KUMOSUBMIT = {
+        **settings.KUMOSUBMIT,
+        "BRUTE_FORCE": {"DELAY": 0, "WINDOW": 60},
+        "WEB_BRUTE_FORCE": {"DELAY": 0, "WINDOW": 3600},
+    }
+    ten_minutes_ago = timezone.now() - timedelta(minutes=10)
+    for kind in ("address", "web_address"):
+        AuthFailureCounter.objects.create(
+            kind=kind, value="192.0.2.1", failures=3, last_failure_at=ten_minutes_ago
+        )
+    call_command("pruneaudit", stdout=StringIO())
+    assert list(AuthFailureCounter.objects.values_list("kind", flat=True)) == ["web_address"]
 
 
 def test_the_policy_follows_the_settings(settings):

@@ -10,6 +10,7 @@ from kumosubmit.audit.retention import delete_in_batches, expired_records
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials.throttle import stale_counters
 from kumosubmit.management.commands._retention import add_retention_arguments, retention_age
+from kumosubmit.web import throttle as web_throttle
 
 
 class Command(BaseCommand):
@@ -29,7 +30,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         age = retention_age(options, app_settings.AUDIT_RETENTION)
         records = expired_records(age) if age is not None else None
-        counters = stale_counters()
+        # Each side's counters by its own rules (WEB_BRUTE_FORCE may keep them longer).
+        counters = (
+            stale_counters().exclude(kind__in=web_throttle.KINDS) | web_throttle.stale_counters()
+        )
         if options["dry_run"]:
             if records is not None:
                 self.stdout.write(f"Would delete {records.count()} audit row(s).")
