@@ -8,6 +8,7 @@ from kumosubmit.credentials.models import (
     AuthorizedIdentity,
     SmtpLogin,
 )
+from kumosubmit.oauth.models import SmtpToken
 from kumosubmit.spool.models import Message
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "ConnectionRecord",
     "Message",
     "SmtpLogin",
+    "SmtpToken",
 ]
