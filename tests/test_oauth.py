@@ -306,3 +306,18 @@ def test_createsmtptoken_refusals(make_login, transactional_db):
     make_login("lonely@example.com", "own password of lonely")
     with pytest.raises(CommandError, match="no owner"):
         call_command("createsmtptoken", "lonely@example.com")
+
+
+def test_a_token_as_long_as_rfc_4954_allows(smtp_server, make_login, secret_watch):
+    """RFC 4954 section 4: AUTH lines up to 12288 octets (a signed JWT is often 1-3 KB)."""
+    make_login(ALICE, "own password of alice")
+    long_token = "t" * 9000
+    secret_watch.add(long_token)
+    with hooks.override("smtp_server_auth_oauthbearer", lambda authz, token, meta: ALICE):
+        with quitting(smtp_server.starttls()) as client:
+            blob = xoauth2(ALICE, long_token)
+            assert len(f"AUTH XOAUTH2 {blob}") > 12000
+            assert client.docmd("AUTH", f"XOAUTH2 {blob}")[0] == 235
+        with quitting(smtp_server.starttls()) as client:
+            assert client.docmd("AUTH", "OAUTHBEARER")[0] == 334
+            assert client.docmd(oauthbearer(ALICE, long_token))[0] == 235

@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from kumosubmit.conf import app_settings
+from kumosubmit.conf import app_settings, clears_on_setting_change
 from kumosubmit.oauth import EXPIRED, INVALID, checksum, note
 from kumosubmit.oauth.remote import ProviderError, fetch_json, login_from_claims
 
@@ -60,8 +60,10 @@ class _Cache:
         with self._lock:
             self._items.clear()
 
+    cache_clear = clear  # for clears_on_setting_change
 
-cache = _Cache()
+
+cache = clears_on_setting_change(_Cache())
 
 
 def _ttl(claims: dict[str, Any]) -> float:

@@ -25,7 +25,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from kumosubmit.conf import app_settings
+from kumosubmit.conf import app_settings, clears_on_setting_change
 from kumosubmit.oauth import EXPIRED, INVALID, note
 from kumosubmit.oauth.remote import ProviderError, fetch_json, login_from_claims
 
@@ -44,6 +44,8 @@ class _Keys:
 
     def clear(self) -> None:
         self.url, self.keys, self.fetched = None, None, 0.0
+
+    cache_clear = clear  # for clears_on_setting_change
 
     async def get(self, *, refresh: bool = False) -> KeySet:
         settings = app_settings.oauth
@@ -70,7 +72,7 @@ class _Keys:
             return keys
 
 
-keys = _Keys()
+keys = clears_on_setting_change(_Keys())
 
 
 def _claims_registry() -> jwt.JWTClaimsRegistry:

@@ -76,7 +76,7 @@ async def login_from_claims(claims: dict[str, Any]) -> tuple[str | bool, dict[st
     details: dict[str, Any] = {}
     if "client_id" in claims or "azp" in claims:
         details["application"] = str(claims.get("client_id") or claims.get("azp"))
-    granted = claims.get("scope", claims.get("scp"))
+    granted = claims.get("scope") or claims.get("scp")
     if not has_scope(granted, settings["SCOPE"]):
         return False, {"result": WRONG_SCOPE, **details}
     name = claims.get(settings["LOGIN_CLAIM"])
