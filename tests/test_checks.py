@@ -104,3 +104,58 @@ def test_data_memory_budget_must_hold_the_largest_message(settings):
         "kumosubmit.E015"
     ]
     assert ids(settings, DATA_MEMORY_BUDGET=20_000_000, MAX_MESSAGE_SIZE=20_000_000) == []
+
+
+TOOLKIT = "kumosubmit.oauth.toolkit.validate"
+JWT = "kumosubmit.oauth.jwt.validate"
+INTROSPECTION = "kumosubmit.oauth.introspection.validate"
+
+
+@pytest.mark.parametrize(
+    ("oauth", "expected"),
+    [
+        ({"VALIDATOR": TOOLKIT}, []),
+        ({"VALIDATOR": None}, []),
+        ("toolkit", ["kumosubmit.E050"]),
+        ({"VALIDATOR": TOOLKIT, "TYPO": 1}, ["kumosubmit.E050"]),
+        ({"VALIDATOR": "no.such.validate"}, ["kumosubmit.E051"]),
+        ({"VALIDATOR": JWT}, ["kumosubmit.E053", "kumosubmit.E053"]),
+        (
+            {"VALIDATOR": JWT, "JWKS_URL": "https://id.example.com/jwks", "ISSUER": "x"},
+            [],
+        ),
+        (
+            {"VALIDATOR": JWT, "JWKS_URL": "http://id.example.com/jwks", "ISSUER": "x"},
+            ["kumosubmit.W050"],
+        ),
+        (
+            {"VALIDATOR": JWT, "JWKS_URL": "ftp://id.example.com/jwks", "ISSUER": "x"},
+            ["kumosubmit.E053"],
+        ),
+        (
+            {"VALIDATOR": INTROSPECTION, "INTROSPECTION_URL": "http://127.0.0.1:8000/o/x/"},
+            ["kumosubmit.W052"],
+        ),
+        ({"CACHE_TTL": -1}, ["kumosubmit.E054"]),
+        ({"HTTP_TIMEOUT": 0}, ["kumosubmit.E054"]),
+        ({"TOKEN_DAYS": "90"}, ["kumosubmit.E054"]),
+        ({"SCOPE": "smtp mail"}, ["kumosubmit.E055"]),
+        ({"ALGORITHMS": ["HS256"]}, ["kumosubmit.E055"]),
+        ({"ALGORITHMS": ["none"]}, ["kumosubmit.E055"]),
+    ],
+)
+def test_oauth_settings(settings, oauth, expected):
+    assert ids(settings, OAUTH=oauth) == expected
+
+
+def test_toolkit_storing_tokens_in_the_clear_is_a_warning(settings):
+    from oauth2_provider.settings import oauth2_settings
+
+    settings.OAUTH2_PROVIDER = {
+        **settings.OAUTH2_PROVIDER,
+        "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": False,
+    }
+    try:
+        assert ids(settings) == ["kumosubmit.W051"]
+    finally:
+        oauth2_settings.reload()
