@@ -16,4 +16,6 @@ urlpatterns = [
         views.revoke,
         name="revoke",
     ),
+    path("<int:login_id>/tokens/new/", views.create_token, name="create_token"),
+    path("<int:login_id>/tokens/<int:token_id>/revoke/", views.revoke_token, name="revoke_token"),
 ]
