@@ -40,7 +40,15 @@ class _Keys:
         self.url: str | None = None
         self.keys: KeySet | None = None
         self.fetched = 0.0
-        self._lock = asyncio.Lock()
+        # One lock per event loop (each runsmtpd worker has one; the tests make several).
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    def _loop_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
 
     def clear(self) -> None:
         self.url, self.keys, self.fetched = None, None, 0.0
@@ -59,7 +67,7 @@ class _Keys:
         if fresh and not (refresh and now - self.fetched >= REFETCH_INTERVAL):
             assert self.keys is not None
             return self.keys
-        async with self._lock:
+        async with self._loop_lock():
             if self.fetched > now:  # fetched by another session meanwhile
                 assert self.keys is not None
                 return self.keys
