@@ -128,7 +128,10 @@ class Storm:
         def too_long(client: smtplib.SMTP) -> int:
             secret = self.fresh("long")
             self.watch.add_plain("", ALICE, secret)
-            return client.docmd("AUTH", "PLAIN " + plain_blob("", ALICE, secret) * 40)[0]
+            # Longer than the 12288 octets RFC 4954 allows an AUTH line.
+            line = "AUTH PLAIN " + plain_blob("", ALICE, secret) * 300
+            assert len(line) > 12288
+            return client.docmd(line)[0]
 
         def pipelined(client: smtplib.SMTP) -> int:
             secret = self.fresh("pipelined")
