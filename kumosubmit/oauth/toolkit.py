@@ -14,13 +14,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials.models import SmtpLogin, normalize_username
 from kumosubmit.credentials.service import LAST_USED_PRECISION
-from kumosubmit.db import run_db
+from kumosubmit.db import run_db, sqlite_turn
 from kumosubmit.hooks.dryrun import is_dry_run
 from kumosubmit.oauth import (
     ACCEPTED,
@@ -56,8 +57,14 @@ def _record_use(row_filter: Q, login: SmtpLogin, peer: str | None, now: datetime
         | ~Q(last_used_from=peer)
     )
     used = {"last_used_at": now, "last_used_from": peer}
-    SmtpToken.objects.filter(row_filter).filter(stale).update(**used)
-    SmtpLogin.objects.filter(pk=login.pk).filter(stale).update(**used)
+    if not (
+        SmtpToken.objects.filter(row_filter).filter(stale).exists()
+        or SmtpLogin.objects.filter(pk=login.pk).filter(stale).exists()
+    ):
+        return  # recorded lately: no write, no turn at SQLite's one writer
+    with sqlite_turn(), transaction.atomic():
+        SmtpToken.objects.filter(row_filter).filter(stale).update(**used)
+        SmtpLogin.objects.filter(pk=login.pk).filter(stale).update(**used)
 
 
 def _check(authz: str, digest: str, peer: str | None, record: bool) -> tuple[Any, dict[str, Any]]:
