@@ -1,7 +1,7 @@
 """Real mail clients with tokens against a real ``runsmtpd``: curl and msmtp.
 
 curl's ``--oauth2-bearer`` sends AUTH OAUTHBEARER when the server offers it
-(XOAUTH2 when only that is offered); msmtp's ``auth oauthbearer``
+(XOAUTH2 when only that is offered); msmtp's ``auth oauthbearer`` and ``auth xoauth2``
 reads the token with ``passwordeval``. Every token comes from a real
 ``manage.py createsmtptoken`` process. The server logs everything at DEBUG (SQL
 with its parameters included), and neither its log nor its output nor any table
@@ -149,7 +149,9 @@ def curl(server: Server, pki, token: str, *options: str) -> subprocess.Completed
     )
 
 
-def msmtp(server: Server, pki, tmp_path: Path, token: str) -> subprocess.CompletedProcess[str]:
+def msmtp(
+    server: Server, pki, tmp_path: Path, token: str, auth: str = "oauthbearer"
+) -> subprocess.CompletedProcess[str]:
     if MSMTP is None:
         pytest.skip("msmtp is not installed")
     token_file = tmp_path / "token"
@@ -162,7 +164,7 @@ def msmtp(server: Server, pki, tmp_path: Path, token: str) -> subprocess.Complet
         "tls on\n"
         "tls_starttls on\n"
         f"tls_trust_file {pki.ca_cert}\n"
-        "auth oauthbearer\n"
+        f"auth {auth}\n"
         f"user {ALICE}\n"
         f"passwordeval cat {token_file}\n"
         f"from {ALICE}\n"
@@ -235,24 +237,26 @@ def test_curl_bad_token_gets_the_error_challenge_and_535(server, pki, secret_wat
 
 
 @pytest.mark.parametrize("server", ["OAUTHBEARER"], indirect=True)
-def test_msmtp_sends_with_a_good_token(server, pki, tmp_path, secret_watch):
+@pytest.mark.parametrize("auth", ["oauthbearer", "xoauth2"])
+def test_msmtp_sends_with_a_good_token(server, pki, tmp_path, secret_watch, auth):
     token = server.createsmtptoken(ALICE, "--expires", "30")
     secret_watch.add_bearer(ALICE, token)
-    result = msmtp(server, pki, tmp_path, token)
+    result = msmtp(server, pki, tmp_path, token, auth)
     assert result.returncode == 0, result.stderr + result.stdout
     trace = result.stderr + result.stdout
-    assert "AUTH OAUTHBEARER" in trace
+    assert f"AUTH {auth.upper()}" in trace
     assert "235 2.7.0 Authentication successful" in trace
     assert Message.objects.get().mail_from == ALICE
 
 
 @pytest.mark.parametrize("server", ["OAUTHBEARER"], indirect=True)
 @pytest.mark.parametrize("case", ["revoked", "expired", "wrong scope"])
-def test_msmtp_bad_token_gets_535(server, pki, tmp_path, secret_watch, case):
+@pytest.mark.parametrize("auth", ["oauthbearer", "xoauth2"])
+def test_msmtp_bad_token_gets_535(server, pki, tmp_path, secret_watch, case, auth):
     token = server.createsmtptoken(ALICE)
     secret_watch.add_bearer(ALICE, token)
     spoil(case, token)
-    result = msmtp(server, pki, tmp_path, token)
+    result = msmtp(server, pki, tmp_path, token, auth)
     assert result.returncode != 0
     trace = result.stderr + result.stdout
     match = re.search(r"<-- 334 (\S+)", trace)
