@@ -2,7 +2,7 @@
 
 curl's ``--oauth2-bearer`` sends AUTH OAUTHBEARER when the server offers it
 (XOAUTH2 when only that is offered); msmtp's ``auth oauthbearer`` and ``auth xoauth2``
-reads the token with ``passwordeval``. Every token comes from a real
+read the token with ``passwordeval``. Every token comes from a real
 ``manage.py createsmtptoken`` process. The server logs everything at DEBUG (SQL
 with its parameters included), and neither its log nor its output nor any table
 holds a token afterwards.
