@@ -597,3 +597,157 @@ def check_sqlite_wal(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
             id="kumosubmit.W053",
         )
     ]
+
+
+#: The built-in validators and the settings each needs.
+_OAUTH_NEEDS = {
+    "kumosubmit.oauth.introspection.validate": ("INTROSPECTION_URL",),
+    "kumosubmit.oauth.jwt.validate": ("JWKS_URL", "ISSUER"),
+}
+
+
+def _is_loopback_url(url: str) -> bool:
+    import ipaddress
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@register(Tags.security)
+def check_oauth(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
+    """KUMOSUBMIT["OAUTH"]: the token validators (kumosubmit/oauth/, docs/oauth.md)."""
+    from django.apps import apps
+
+    configured = app_settings.OAUTH
+    if not isinstance(configured, dict):
+        return [Error("KUMOSUBMIT['OAUTH'] must be a dict.", id="kumosubmit.E090")]
+    errors: list[Error | Warning] = []
+    for key in sorted(set(configured) - set(DEFAULTS["OAUTH"])):
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['OAUTH'] has an unknown key {key!r}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS['OAUTH']))}.",
+                id="kumosubmit.E090",
+            )
+        )
+    oauth = app_settings.oauth
+    validator = oauth["VALIDATOR"]
+    if validator:
+        try:
+            import_string(validator)
+        except ImportError as error:
+            errors.append(
+                Error(
+                    f"KUMOSUBMIT['OAUTH']['VALIDATOR'] cannot be imported: {error}",
+                    hint="A dotted path such as 'kumosubmit.oauth.toolkit.validate'.",
+                    id="kumosubmit.E091",
+                )
+            )
+    if validator == "kumosubmit.oauth.toolkit.validate":
+        if not apps.is_installed("oauth2_provider"):
+            errors.append(
+                Error(
+                    "The toolkit validator needs django-oauth-toolkit in INSTALLED_APPS.",
+                    hint="Add 'oauth2_provider' to INSTALLED_APPS (docs/oauth.md).",
+                    id="kumosubmit.E092",
+                )
+            )
+        else:
+            from oauth2_provider.settings import oauth2_settings
+
+            if not oauth2_settings.COMPLIANT_BCP_RFC9700_TOKEN_STORAGE:
+                errors.append(
+                    Warning(
+                        "django-oauth-toolkit keeps access tokens in the clear in its table.",
+                        hint=(
+                            "Set OAUTH2_PROVIDER['COMPLIANT_BCP_RFC9700_TOKEN_STORAGE'] = True "
+                            "so that only checksums are kept (docs/oauth.md)."
+                        ),
+                        id="kumosubmit.W091",
+                    )
+                )
+    for key in _OAUTH_NEEDS.get(validator or "", ()):
+        if not oauth[key]:
+            errors.append(
+                Error(
+                    f"KUMOSUBMIT['OAUTH'][{key!r}] is needed by the validator {validator}.",
+                    id="kumosubmit.E093",
+                )
+            )
+    for key in ("INTROSPECTION_URL", "JWKS_URL", "OPENID_CONFIGURATION"):
+        url = oauth[key]
+        if not url:
+            continue
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            errors.append(
+                Error(f"KUMOSUBMIT['OAUTH'][{key!r}] must be an http(s) URL.", id="kumosubmit.E093")
+            )
+        elif url.startswith("http://") and not _is_loopback_url(url):
+            errors.append(
+                Warning(
+                    f"KUMOSUBMIT['OAUTH'][{key!r}] is plain HTTP to another host: tokens or "
+                    "keys could be read or changed on the way.",
+                    hint="Use https://.",
+                    id="kumosubmit.W090",
+                )
+            )
+    if validator == "kumosubmit.oauth.introspection.validate" and not oauth["CLIENT_ID"]:
+        errors.append(
+            Warning(
+                "Introspection without CLIENT_ID: most providers require client credentials "
+                "(RFC 7662 section 2.1).",
+                id="kumosubmit.W092",
+            )
+        )
+    for key, low, high in (("CACHE_TTL", 0, 3600), ("JWKS_CACHE_TTL", 0, 86400)):
+        if not _is_number(oauth[key]) or not low <= oauth[key] <= high:
+            errors.append(
+                Error(
+                    f"KUMOSUBMIT['OAUTH'][{key!r}] must be a number of seconds from {low} "
+                    f"to {high}.",
+                    id="kumosubmit.E094",
+                )
+            )
+    if not _is_number(oauth["HTTP_TIMEOUT"]) or not 0 < oauth["HTTP_TIMEOUT"] <= 60:
+        errors.append(
+            Error(
+                "KUMOSUBMIT['OAUTH']['HTTP_TIMEOUT'] must be seconds, more than 0, at most 60.",
+                id="kumosubmit.E094",
+            )
+        )
+    if not _is_number(oauth["TOKEN_DAYS"]) or not 0 < oauth["TOKEN_DAYS"] <= 36500:
+        errors.append(
+            Error(
+                "KUMOSUBMIT['OAUTH']['TOKEN_DAYS'] must be from 1 to 36500.", id="kumosubmit.E094"
+            )
+        )
+    if not isinstance(oauth["SCOPE"], str) or not oauth["SCOPE"] or " " in oauth["SCOPE"]:
+        errors.append(
+            Error("KUMOSUBMIT['OAUTH']['SCOPE'] must be one scope.", id="kumosubmit.E095")
+        )
+    if not isinstance(oauth["LOGIN_CLAIM"], str) or not oauth["LOGIN_CLAIM"]:
+        errors.append(
+            Error("KUMOSUBMIT['OAUTH']['LOGIN_CLAIM'] must be a claim name.", id="kumosubmit.E095")
+        )
+    algorithms = oauth["ALGORITHMS"]
+    if (
+        not isinstance(algorithms, list | tuple)
+        or not algorithms
+        or any(
+            not isinstance(a, str) or a.lower() == "none" or a.startswith("HS") for a in algorithms
+        )
+    ):
+        errors.append(
+            Error(
+                "KUMOSUBMIT['OAUTH']['ALGORITHMS'] must list asymmetric JWS algorithms.",
+                hint="For example ['RS256', 'ES256']; neither 'none' nor HMAC (HS256).",
+                id="kumosubmit.E095",
+            )
+        )
+    return errors

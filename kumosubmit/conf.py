@@ -199,6 +199,40 @@ DEFAULTS: dict[str, Any] = {
     "REQUIRE_APP_PASSWORDS": False,
     # Live (neither revoked nor expired) app passwords one login may have at a time.
     "MAX_APP_PASSWORDS": 20,
+    # -- tokens: AUTH OAUTHBEARER and XOAUTH2 (kumosubmit/oauth/, docs/oauth.md) ------------
+    # Keys left out take these values; checks E050-E055, W050.
+    "OAUTH": {
+        # Who checks a token: "kumosubmit.oauth.toolkit.validate" (django-oauth-toolkit in
+        # this project), "kumosubmit.oauth.introspection.validate" (RFC 7662) or
+        # "kumosubmit.oauth.jwt.validate" (a JWT and the provider's JWKS), or a path of
+        # one's own. None: the token mechanisms are not offered (unless a project handles
+        # smtp_server_auth_oauthbearer itself).
+        "VALIDATOR": None,
+        # The scope a token needs; also named in the error challenge (RFC 7628 3.2.2).
+        "SCOPE": "smtp",
+        # The provider's discovery document, named in the error challenge; None: left out.
+        "OPENID_CONFIGURATION": None,
+        # An external provider: the claim (JWT) or introspection field that holds the
+        # SMTP login's username.
+        "LOGIN_CLAIM": "email",
+        # RFC 7662 introspection: the endpoint and this server's client credentials.
+        "INTROSPECTION_URL": None,
+        "CLIENT_ID": None,
+        "CLIENT_SECRET": None,
+        # Seconds an introspection answer is reused; never beyond the token's "exp".
+        "CACHE_TTL": 60,
+        # JWTs: the provider's JWKS, the "iss" and "aud" they must carry, the algorithms.
+        "JWKS_URL": None,
+        "ISSUER": None,
+        "AUDIENCE": None,
+        "ALGORITHMS": ["RS256", "ES256"],
+        # Seconds the JWKS is kept (a token signed by an unknown key fetches it anew).
+        "JWKS_CACHE_TTL": 300,
+        # Seconds an HTTP request to the provider may take.
+        "HTTP_TIMEOUT": 5,
+        # Days a token made by `createsmtptoken` or the self-service pages lasts by default.
+        "TOKEN_DAYS": 90,
+    },
 }
 
 
@@ -214,6 +248,14 @@ class AppSettings:
             raise AttributeError(f"kumosubmit has no setting {name!r}")
         user: dict[str, Any] = getattr(settings, "KUMOSUBMIT", {}) or {}
         return user.get(name, DEFAULTS[name])
+
+    @property
+    def oauth(self) -> dict[str, Any]:
+        """``OAUTH`` with the defaults for the keys the project left out."""
+        configured = self.OAUTH
+        if not isinstance(configured, dict):
+            return dict(DEFAULTS["OAUTH"])
+        return {**DEFAULTS["OAUTH"], **configured}
 
     @property
     def data_dir(self) -> Path:

@@ -8,6 +8,7 @@ from kumosubmit.credentials.models import (
     AuthorizedIdentity,
     SmtpLogin,
 )
+from kumosubmit.oauth.models import SmtpToken
 from kumosubmit.spool.models import Message
 from kumosubmit.web.models import Passkey
 
@@ -21,4 +22,5 @@ __all__ = [
     "Passkey",
     "SeenAddress",
     "SmtpLogin",
+    "SmtpToken",
 ]

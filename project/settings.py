@@ -48,6 +48,8 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
+    # The OAuth 2.0 provider whose tokens AUTH OAUTHBEARER/XOAUTH2 accept (docs/oauth.md).
+    "oauth2_provider",
     "kumosubmit",
 ]
 
@@ -161,7 +163,16 @@ LOGGING = {
     },
 }
 
+# django-oauth-toolkit: tokens with the "smtp" scope are good for the SMTP logins their
+# user owns. Only checksums of tokens are stored (RFC 9700 section 4.14), never the tokens.
+OAUTH2_PROVIDER = {
+    "SCOPES": {"smtp": "Send mail through the submission server"},
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
+}
+
 # kumosubmit's own settings; every key is optional (see README, "Settings").
 KUMOSUBMIT = {
     "DATA_DIR": DATA_DIR,
+    "OAUTH": {"VALIDATOR": "kumosubmit.oauth.toolkit.validate"},
 }

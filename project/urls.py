@@ -18,5 +18,7 @@ urlpatterns = [
     path("accounts/", include("kumosubmit.web.account_urls")),
     # Self-service: a user's SMTP logins and app passwords (kumosubmit/web/, docs/web.md).
     path("credentials/", include("kumosubmit.web.urls")),
+    # django-oauth-toolkit: authorize, token, revoke, introspect (docs/oauth.md).
+    path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("", RedirectView.as_view(pattern_name="credentials:index"), name="home"),
 ]

@@ -31,7 +31,7 @@ def _default_hooks() -> Iterator[None]:
 
 
 class SecretWatch:
-    """Passwords a test used, to prove none of them is written anywhere."""
+    """Passwords and tokens a test used, to prove none of them is written anywhere."""
 
     def __init__(self) -> None:
         self.secrets: set[str] = set()
@@ -47,6 +47,16 @@ class SecretWatch:
         blob = base64.b64encode(f"{authz}\0{authc}\0{password}".encode()).decode()
         self.secrets.add(blob.rstrip("="))
 
+    def add_bearer(self, authz: str, token: str) -> None:
+        """A token (OAUTHBEARER, XOAUTH2), and the SASL messages that carry it."""
+        self.add(token)
+        for message in (
+            f"n,a={authz},\x01auth=Bearer {token}\x01\x01",
+            f"n,,\x01auth=Bearer {token}\x01\x01",
+            f"user={authz}\x01auth=Bearer {token}\x01\x01",
+        ):
+            self.secrets.add(base64.b64encode(message.encode()).decode().rstrip("="))
+
     def assert_absent_from(self, text: str, where: str) -> None:
         found = sorted(s for s in self.secrets if s in text)
         assert not found, f"secret(s) {found} found in {where}"
@@ -54,7 +64,8 @@ class SecretWatch:
 
 @pytest.fixture
 def secret_watch(transactional_db: None, caplog: pytest.LogCaptureFixture) -> Iterator[SecretWatch]:
-    """Fails the test if a watched password shows up in a log record or a database row."""
+    """Fails the test if a watched password or token shows up in a log record or a database
+    row (django-oauth-toolkit's tables included: they keep only checksums of tokens)."""
     caplog.set_level(logging.DEBUG)
     watch = SecretWatch()
     yield watch

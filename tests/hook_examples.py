@@ -7,6 +7,7 @@ every one of them through real SMTP sessions. Change both together.
 
 # -- imports --
 import functools
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -177,6 +178,31 @@ async def log_auth_outcome(authz, authc, password, conn_meta):
     verdict = yield  # True, False, or None (no decision, an error, a 4xx refusal)
     outcome = {True: "accepted", False: "refused", None: "undecided"}[verdict]
     log.info("AUTH for %s %s in %.0f ms", authc, outcome, (time.monotonic() - started) * 1000)
+
+
+# -- tokens --
+# An example only: a project's own service tokens, kept as SHA-256 digests.
+SERVICE_TOKENS = {hashlib.sha256(b"svc-backup-0123456789").hexdigest(): "backup@example.com"}
+
+
+def service_token(authz, token, conn_meta):
+    """smtp_server_auth_oauthbearer: the login the token is good for, False, or None."""
+    login = SERVICE_TOKENS.get(hashlib.sha256(token.encode()).hexdigest())
+    if login is None:
+        return None  # not one of ours: the next handler (the built-in validator) decides
+    return login
+
+
+# -- token settings --
+KUMOSUBMIT_TOKENS = {
+    "HOOKS": {
+        # The project's service tokens first; other tokens go to the configured validator.
+        "smtp_server_auth_oauthbearer": [
+            "tests.hook_examples.service_token",
+            "kumosubmit.oauth.validate",
+        ],
+    },
+}
 
 
 # -- end --

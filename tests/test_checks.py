@@ -166,3 +166,58 @@ def test_sqlite_without_wal_and_several_workers_is_a_warning(settings, monkeypat
         settings, monkeypatch, {"init_command": "PRAGMA journal_mode = 'wal'; PRAGMA foo=1"}
     )
     assert ids(settings, WORKERS=4) == []
+
+
+TOOLKIT = "kumosubmit.oauth.toolkit.validate"
+JWT = "kumosubmit.oauth.jwt.validate"
+INTROSPECTION = "kumosubmit.oauth.introspection.validate"
+
+
+@pytest.mark.parametrize(
+    ("oauth", "expected"),
+    [
+        ({"VALIDATOR": TOOLKIT}, []),
+        ({"VALIDATOR": None}, []),
+        ("toolkit", ["kumosubmit.E090"]),
+        ({"VALIDATOR": TOOLKIT, "TYPO": 1}, ["kumosubmit.E090"]),
+        ({"VALIDATOR": "no.such.validate"}, ["kumosubmit.E091"]),
+        ({"VALIDATOR": JWT}, ["kumosubmit.E093", "kumosubmit.E093"]),
+        (
+            {"VALIDATOR": JWT, "JWKS_URL": "https://id.example.com/jwks", "ISSUER": "x"},
+            [],
+        ),
+        (
+            {"VALIDATOR": JWT, "JWKS_URL": "http://id.example.com/jwks", "ISSUER": "x"},
+            ["kumosubmit.W090"],
+        ),
+        (
+            {"VALIDATOR": JWT, "JWKS_URL": "ftp://id.example.com/jwks", "ISSUER": "x"},
+            ["kumosubmit.E093"],
+        ),
+        (
+            {"VALIDATOR": INTROSPECTION, "INTROSPECTION_URL": "http://127.0.0.1:8000/o/x/"},
+            ["kumosubmit.W092"],
+        ),
+        ({"CACHE_TTL": -1}, ["kumosubmit.E094"]),
+        ({"HTTP_TIMEOUT": 0}, ["kumosubmit.E094"]),
+        ({"TOKEN_DAYS": "90"}, ["kumosubmit.E094"]),
+        ({"SCOPE": "smtp mail"}, ["kumosubmit.E095"]),
+        ({"ALGORITHMS": ["HS256"]}, ["kumosubmit.E095"]),
+        ({"ALGORITHMS": ["none"]}, ["kumosubmit.E095"]),
+    ],
+)
+def test_oauth_settings(settings, oauth, expected):
+    assert ids(settings, OAUTH=oauth) == expected
+
+
+def test_toolkit_storing_tokens_in_the_clear_is_a_warning(settings):
+    from oauth2_provider.settings import oauth2_settings
+
+    settings.OAUTH2_PROVIDER = {
+        **settings.OAUTH2_PROVIDER,
+        "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": False,
+    }
+    try:
+        assert ids(settings) == ["kumosubmit.W091"]
+    finally:
+        oauth2_settings.reload()

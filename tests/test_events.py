@@ -87,7 +87,7 @@ def test_every_event_gets_its_arguments(smtp_server, alice):
     (plain_ehlo, tls_ehlo) = seen["ehlo"]
     assert plain_ehlo[0] == tls_ehlo[0] == "client.test"
     assert "STARTTLS" in plain_ehlo[1] and not any(e.startswith("AUTH") for e in plain_ehlo[1])
-    assert "AUTH LOGIN PLAIN" in tls_ehlo[1] and tls_ehlo[2].startswith("TLSv1")
+    assert "AUTH LOGIN OAUTHBEARER PLAIN XOAUTH2" in tls_ehlo[1] and tls_ehlo[2].startswith("TLSv1")
     assert "PIPELINING" in tls_ehlo[1] and "ENHANCEDSTATUSCODES" in tls_ehlo[1]
     assert seen["auth_plain"] == (ALICE, ALICE, True)  # empty authz arrives as authc
     assert seen["mail_from"] == (ALICE, "alice", "example.com")

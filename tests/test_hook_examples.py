@@ -290,7 +290,8 @@ def test_ehlo_advertises_a_new_list_and_still_no_auth_before_tls(smtp_server):
     assert not any(b"HELP" in line or b"AUTH" in line for line in plain)
     client.starttls()
     on_tls = client.command(b"EHLO client.test")
-    assert b"250-AUTH LOGIN PLAIN" in on_tls and not any(b"HELP" in line for line in on_tls)
+    assert b"250-AUTH LOGIN OAUTHBEARER PLAIN XOAUTH2" in on_tls
+    assert not any(b"HELP" in line for line in on_tls)
     client.command(b"QUIT")
     client.close()
 
@@ -356,3 +357,30 @@ def test_a_rule_in_place_of_the_builtin_sender_policy(smtp_server, alice):
             assert login(client) == 235
             client.sendmail(BOB, [BOB], BODY)  # no sender policy: any address but bad.example
     assert Message.objects.get().mail_from == BOB
+
+
+def xoauth2(user: str, token: str) -> str:
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+def test_service_tokens_then_the_configured_validator(smtp_server, make_login, settings):
+    from django.contrib.auth.models import User
+
+    from kumosubmit.oauth.tokens import create_smtp_token
+
+    make_login("backup@example.com", "own password of backup")
+    alice = make_login(ALICE, PASSWORD)
+    alice.owner = User.objects.create_user("alice")
+    alice.save(update_fields=["owner"])
+    _row, toolkit_token = create_smtp_token(alice, "t", None)
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, **hook_examples.KUMOSUBMIT_TOKENS}
+    with quitting(smtp_server.starttls()) as client:
+        reply = client.docmd("AUTH", "XOAUTH2 " + xoauth2("", "svc-backup-0123456789"))
+        assert reply[0] == 235
+        client.sendmail("backup@example.com", [BOB], BODY)
+    with quitting(smtp_server.starttls()) as client:
+        assert client.docmd("AUTH", "XOAUTH2 " + xoauth2(ALICE, toolkit_token))[0] == 235
+    with quitting(smtp_server.starttls()) as client:
+        assert client.docmd("AUTH", "XOAUTH2 " + xoauth2(ALICE, "svc-other-99"))[0] == 334
+        assert client.docmd("")[0] == 535
+    assert Message.objects.get().authn_id == "backup@example.com"

@@ -34,9 +34,9 @@ def test_ehlo_before_tls_offers_starttls_not_auth(smtp_server):
         assert client.esmtp_features["size"] == "35000000"
 
 
-def test_ehlo_after_starttls_offers_auth_plain_login(smtp_server):
+def test_ehlo_after_starttls_offers_auth_plain_login_and_tokens(smtp_server):
     with quitting(smtp_server.starttls()) as client:
-        assert client.esmtp_features["auth"].split() == ["LOGIN", "PLAIN"]
+        assert client.esmtp_features["auth"].split() == ["LOGIN", "OAUTHBEARER", "PLAIN", "XOAUTH2"]
         assert not client.has_extn("starttls")
         assert client.has_extn("enhancedstatuscodes")
 

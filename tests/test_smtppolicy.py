@@ -184,3 +184,27 @@ def test_admin_form_is_for_staff_with_the_permission(client, alice):
     user = User.objects.create_user("clerk", password="clerk-pass-123", is_staff=True)
     client.force_login(user)
     assert client.get(url).status_code == 403
+
+
+def test_command_runs_auth_oauthbearer_with_a_token(alice, tmp_path, secret_watch):
+    from kumosubmit.oauth.models import SmtpToken
+    from kumosubmit.oauth.tokens import create_smtp_token
+
+    alice.owner = User.objects.create_user("alice")
+    alice.save(update_fields=["owner"])
+    _row, token = create_smtp_token(alice, "dry", None)
+    secret_watch.add(token)
+    env = command_env(tmp_path)
+    args = ["--peer", "192.0.2.7", "--authc", "-", "--token-stdin"]
+    envelope = ["--mail-from", "news@alice.example", "--rcpt", "bob@example.org"]
+    done = manage("smtppolicy", *args, *envelope, env=env, input=token + "\n")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2].split()[0] == "smtp_server_auth_oauthbearer"
+    assert "235 2.7.0" in lines[2]
+    assert token not in done.stdout + done.stderr
+    assert SmtpToken.objects.get().last_used_at is None  # nothing written
+    refused = manage("smtppolicy", *args, *envelope, env=env, input="not-a-token\n")
+    assert refused.returncode == 1
+    assert "535 5.7.8" in refused.stdout.splitlines()[2]
+    nothing_written(alice)

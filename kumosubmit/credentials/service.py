@@ -229,3 +229,10 @@ async def authenticate(authz: str, authc: str, password: str, conn_meta: dict[st
     if new_hash:
         log.info("upgraded a password hash of login %s to argon2id with current parameters", authc)
     return True
+
+
+def may_act_as(username: str, authz: str) -> bool:
+    """Whether the active login ``username`` may act as ``authz`` (the PLAIN rule, for
+    the identity a token was good for)."""
+    login = active_login(username).first()
+    return login is not None and login.may_act_as(authz)

@@ -91,6 +91,12 @@ class _Session:
         return ok
 
 
+def _auth_line() -> str:
+    if events.oauth_offered():
+        return "AUTH LOGIN OAUTHBEARER PLAIN XOAUTH2"
+    return "AUTH LOGIN PLAIN"
+
+
 async def dry_run(
     *,
     peer: str,
@@ -101,8 +107,10 @@ async def dry_run(
     password: str | None = None,
     message: bytes | None = None,
     ehlo: str = "dry-run.invalid",
+    token: str | None = None,
 ) -> DryRun:
-    """Run one submission's events; ``password=None`` skips AUTH (as if it succeeded)."""
+    """Run one submission's events; ``password=None`` skips AUTH (as if it succeeded),
+    unless a ``token`` is given: then AUTH is OAUTHBEARER with it."""
     hostname = app_settings.HOSTNAME or socket.getfqdn()
     meta = ConnectionMeta(peer=(peer, 0), local=None, listener="dry-run", hostname=hostname)
     meta[DRY_RUN] = True
@@ -117,19 +125,29 @@ async def dry_run(
     extensions = await events.ehlo(
         ehlo,
         meta,
-        ["PIPELINING", "ENHANCEDSTATUSCODES", "AUTH LOGIN PLAIN"],
+        [
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+            "AUTH LOGIN OAUTHBEARER PLAIN XOAUTH2"
+            if events.oauth_offered()
+            else "AUTH LOGIN PLAIN",
+        ],
         extended=True,
         tls=True,
     )
     reply = extensions if isinstance(extensions, str) else f"250 {hostname}"
     if not await session.step(events.EHLO, ehlo, reply, "EHLO"):
         return result
-    authz = authz or authc
-    if password is None:
+    if token is not None:
+        verdict = await events.auth_oauthbearer("OAUTHBEARER", authz, token, meta)
+        if not await session.step(events.AUTH_OAUTHBEARER, authz or authc, verdict.reply, "AUTH"):
+            return result
+    elif password is None:
+        authz = authz or authc
         meta["authz_id"], meta["authn_id"] = authz, authc
         result.steps.append(Step(events.AUTH_PLAIN, authc, "skipped", "(--skip-auth)"))
     else:
-        verdict = await events.auth_plain("PLAIN", authz, authc, password, meta)
+        verdict = await events.auth_plain("PLAIN", authz or authc, authc, password, meta)
         if not await session.step(events.AUTH_PLAIN, authc, verdict.reply, "AUTH"):
             return result
     refusal = BAD_SENDER if mail_from and not is_mailbox(mail_from) else None

@@ -13,7 +13,8 @@ shared by all events:
   the greeting, ``451 4.3.0`` elsewhere) and is logged with the password
   blanked. It is never an accept.
 - A wrapper (an async generator handler) gets the event's outcome back at its
-  ``yield``: for ``smtp_server_auth_plain`` the verdict (True, False, or None
+  ``yield``: for ``smtp_server_auth_plain`` and ``smtp_server_auth_oauthbearer``
+  the verdict (True, False, or None
   when there was none), for ``smtp_server_message_received`` whether the
   message was stored, for the others whether the command was accepted.
 """
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kumosubmit.conf import app_settings
 from kumosubmit.hooks import registry
 from kumosubmit.hooks.message import EnvelopeAddress, Message
 from kumosubmit.hooks.reject import Reject
@@ -42,6 +44,7 @@ log = logging.getLogger("kumosubmit.hooks")
 CONNECTION_ACCEPTED = "smtp_server_connection_accepted"
 EHLO = "smtp_server_ehlo"
 AUTH_PLAIN = "smtp_server_auth_plain"
+AUTH_OAUTHBEARER = "smtp_server_auth_oauthbearer"
 MAIL_FROM = "smtp_server_mail_from"
 RCPT_TO = "smtp_server_rcpt_to"
 DATA = "smtp_server_data"
@@ -73,6 +76,9 @@ class AuthVerdict:
 
     success: bool
     reply: str
+    #: After a success: whom the client acts as, and who authenticated (authz_id, authn_id).
+    authz: str = ""
+    authc: str = ""
 
 
 def delay_reply(conn_meta: ConnectionMeta, seconds: float) -> None:
@@ -256,45 +262,121 @@ async def auth_plain(
     """AUTH PLAIN or LOGIN: only a plain ``True`` from the first handler that decides lets
     the client in; ``False`` is 535; ``None`` passes to the next handler; anything else,
     or no decision at all, is 454."""
-    run = _Run(AUTH_PLAIN, (authz, authc, password, meta))
-    verdict: Any = None
+
+    async def decide(verdict: Any) -> tuple[bool | None, str]:
+        if verdict is True or verdict is False:
+            return verdict, authc
+        _log_no_decision(AUTH_PLAIN, meta, verdict, authc, "a bool")
+        return None, authc
+
+    return await _authenticate(
+        AUTH_PLAIN, (authz, authc, password, meta), mechanism, authz, authc, password, meta, decide
+    )
+
+
+async def auth_oauthbearer(
+    mechanism: str, authz: str, token: str, meta: ConnectionMeta
+) -> AuthVerdict:
+    """AUTH OAUTHBEARER or XOAUTH2: the first handler that decides returns the login name
+    the token is good for (it becomes ``authn_id``), or ``False`` (535); ``None`` passes
+    to the next handler; anything else, or no decision at all, is 454.
+
+    ``authz`` is the identity the client asked to act as (empty: the token's own). The
+    login may act as another identity only as with PLAIN: if it may act as that one
+    (:meth:`SmtpLogin.may_act_as`); otherwise the attempt is refused (535).
+    """
+
+    async def decide(verdict: Any) -> tuple[bool | None, str]:
+        if verdict is False:
+            return False, authz
+        if not isinstance(verdict, str) or not verdict:
+            _log_no_decision(AUTH_OAUTHBEARER, meta, verdict, authz, "a login name")
+            return None, authz
+        if authz and not await _may_act_as(verdict, authz):
+            log.info(
+                "conn %s: %s: token of %r may not act as %r",
+                meta.get("conn_id"),
+                AUTH_OAUTHBEARER,
+                verdict,
+                authz,
+            )
+            return False, verdict
+        return True, verdict
+
+    return await _authenticate(
+        AUTH_OAUTHBEARER, (authz, token, meta), mechanism, authz, authz, token, meta, decide
+    )
+
+
+async def _may_act_as(identity: str, authz: str) -> bool:
+    # Imported here: the credentials store is only needed once a token was accepted.
+    from kumosubmit.credentials.service import may_act_as
+    from kumosubmit.db import run_db
+
+    if identity.strip().lower() == authz.strip().lower():
+        return True
+    return bool(await run_db(may_act_as, identity, authz))
+
+
+def _log_no_decision(event: str, meta: ConnectionMeta, verdict: Any, who: str, wanted: str) -> None:
+    log.error(
+        "conn %s: %s gave %s for %r; answered 454",
+        meta.get("conn_id"),
+        event,
+        "no decision" if verdict is None else f"a {type(verdict).__name__}, not {wanted}",
+        who,
+    )
+
+
+async def _authenticate(
+    event: str,
+    args: tuple[Any, ...],
+    mechanism: str,
+    authz: str,
+    claimed: str,
+    secret: str,
+    meta: ConnectionMeta,
+    decide: Callable[[Any], Awaitable[tuple[bool | None, str]]],
+) -> AuthVerdict:
+    """Run an AUTH event's chain; ``decide`` turns the first result that is not ``None``
+    into (True, False or None for the wrappers; the authentication identity)."""
+    run = _Run(event, args)
+    verdict: bool | None = None
+    authc = claimed
     outcome = AUTH_ERROR
     reply = AUTH_TEMPFAIL
     try:
-        verdict = await run.handlers(until=_decided)
+        result = await run.handlers(until=_decided)
+        verdict, authc = await decide(result)
     except Reject as error:
         reply = error.reply
         outcome = error.auth_outcome or (AUTH_FAILURE if reply.startswith("5") else AUTH_ERROR)
         verdict = False if outcome == AUTH_FAILURE else None
     except Exception as error:
-        _log_failure(AUTH_PLAIN, meta, AUTH_TEMPFAIL, error, password)
+        _log_failure(event, meta, AUTH_TEMPFAIL, error, secret)
         verdict = None
     else:
         if verdict is True:
             outcome, reply = AUTH_SUCCESS, AUTH_SUCCESS_REPLY
         elif verdict is False:
             outcome, reply = AUTH_FAILURE, AUTH_INVALID
-        else:
-            log.error(
-                "conn %s: %s gave %s for %r; answered 454",
-                meta.get("conn_id"),
-                AUTH_PLAIN,
-                "no decision" if verdict is None else f"a {type(verdict).__name__}, not a bool",
-                authc,
-            )
-            verdict = None
     try:
         refusal = await run.finish(verdict)
     except Exception as error:
-        _log_failure(AUTH_PLAIN, meta, AUTH_TEMPFAIL, error, password)
+        _log_failure(event, meta, AUTH_TEMPFAIL, error, secret)
         refusal = Reject(454, AUTH_TEMPFAIL[4:])
         refusal.auth_outcome = AUTH_ERROR
     if refusal is not None:
         reply = refusal.reply
         outcome = refusal.auth_outcome or (AUTH_FAILURE if reply.startswith("5") else AUTH_ERROR)
-    meta.record_auth(mechanism, authz, authc, outcome)
+    if outcome != AUTH_SUCCESS:
+        authc = claimed
+    meta.record_auth(mechanism, authz or authc, authc, outcome)
     await _hold_reply(meta)
-    return AuthVerdict(outcome == AUTH_SUCCESS, reply)
+    success = outcome == AUTH_SUCCESS
+    return AuthVerdict(
+        success, reply, authz=(authz or authc) if success else "", authc=authc if success else ""
+    )
 
 
 async def mail_from(address: str, meta: ConnectionMeta) -> str | None:
@@ -353,6 +435,29 @@ async def message_received(
     await _finish_quietly(run, reply.startswith("2"), meta)
     await _hold_reply(meta)
     return reply
+
+
+def oauth_offered() -> bool:
+    """Whether AUTH OAUTHBEARER and XOAUTH2 are offered: a validator is configured
+    (``KUMOSUBMIT["OAUTH"]["VALIDATOR"]``), or a handler of the project's answers."""
+    if app_settings.oauth["VALIDATOR"]:
+        return True
+    default = registry.DEFAULT_AUTHENTICATORS[AUTH_OAUTHBEARER]
+    return any(
+        not handler.wrapper and handler.name != default
+        for handler in registry.chain(AUTH_OAUTHBEARER)
+    )
+
+
+def oauth_scope() -> str:
+    """The scope named in the error challenge."""
+    return str(app_settings.oauth["SCOPE"])
+
+
+def oauth_openid_configuration() -> str | None:
+    """The discovery document's URL named in the error challenge, if any."""
+    value = app_settings.oauth["OPENID_CONFIGURATION"]
+    return str(value) if value else None
 
 
 def rewrites_responses() -> bool:

@@ -14,7 +14,8 @@ One more rule, for the authentication events: the built-in login check
 of its own for the event (wrappers do not count: they only observe). A project
 that registers an ``smtp_server_auth_plain`` handler decides who gets in, as in
 KumoMTA; to keep the database logins behind
-it, it lists ``kumosubmit.credentials.service.authenticate`` after its own.
+it, it lists ``kumosubmit.credentials.service.authenticate`` after its own (for
+``smtp_server_auth_oauthbearer``, ``kumosubmit.oauth.validate``).
 
 A handler that is an async generator function is a *wrapper*: the part before
 its ``yield`` runs in its place in the chain, the part after it once the
@@ -57,6 +58,7 @@ EVENTS: dict[str, str] = {
     "smtp_server_connection_accepted": "(conn_meta)",
     "smtp_server_ehlo": "(domain, conn_meta, extensions) -> list of extensions or None",
     "smtp_server_auth_plain": "(authz, authc, password, conn_meta) -> bool or None",
+    "smtp_server_auth_oauthbearer": "(authz, token, conn_meta) -> login name, False or None",
     "smtp_server_mail_from": "(sender, conn_meta)",
     "smtp_server_rcpt_to": "(recipient, conn_meta)",
     "smtp_server_data": "(message, conn_meta)",
@@ -68,6 +70,7 @@ EVENTS: dict[str, str] = {
 #: event's list). One module per concern, under kumosubmit/policy/.
 BUILTINS: dict[str, list[str]] = {
     "smtp_server_auth_plain": ["kumosubmit.policy.penalties.auth_plain"],
+    "smtp_server_auth_oauthbearer": ["kumosubmit.policy.penalties.auth_oauthbearer"],
     "smtp_server_mail_from": [
         "kumosubmit.policy.limits.mail_from",
         "kumosubmit.policy.senders.mail_from",
@@ -79,6 +82,8 @@ BUILTINS: dict[str, list[str]] = {
 #: The built-in answer of an authentication event, used when the project has no handler.
 DEFAULT_AUTHENTICATORS: dict[str, str] = {
     "smtp_server_auth_plain": "kumosubmit.credentials.service.authenticate",
+    # The validator KUMOSUBMIT["OAUTH"]["VALIDATOR"] names (kumosubmit/oauth/).
+    "smtp_server_auth_oauthbearer": "kumosubmit.oauth.validate",
 }
 
 #: Events whose handlers return a value for the next: no wrappers.

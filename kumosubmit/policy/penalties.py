@@ -1,4 +1,5 @@
-"""Failed-AUTH penalties around ``smtp_server_auth_plain`` (the rules: credentials/throttle.py).
+"""Failed-AUTH penalties around ``smtp_server_auth_plain`` and ``smtp_server_auth_oauthbearer``
+(the rules: credentials/throttle.py).
 
 A wrapper: before any handler checks a password it refuses a blocked address
 (``421``, and the connection closes) or a blocked login (``454``), so a flood of
@@ -36,6 +37,34 @@ def _refuse(reply: tuple[int, str], outcome: str) -> NoReturn:
 async def auth_plain(
     authz: str, authc: str, password: str, conn_meta: ConnectionMeta
 ) -> AsyncGenerator[None, Any]:
+    """The wrapper of ``smtp_server_auth_plain``: counted per address and per authc."""
+    penalties = _penalize(authc, conn_meta)
+    await penalties.__anext__()
+    verdict = yield
+    await _finish(penalties, verdict)
+
+
+async def auth_oauthbearer(
+    authz: str, token: str, conn_meta: ConnectionMeta
+) -> AsyncGenerator[None, Any]:
+    """The wrapper of ``smtp_server_auth_oauthbearer``: the same counts and blocks, the
+    login being the identity the client named (the authzid, XOAUTH2's ``user``); a token
+    that names none is counted against its address only."""
+    penalties = _penalize(authz, conn_meta)
+    await penalties.__anext__()
+    verdict = yield
+    await _finish(penalties, verdict)
+
+
+async def _finish(penalties: AsyncGenerator[None, Any], verdict: Any) -> None:
+    try:
+        await penalties.asend(verdict)
+    except StopAsyncIteration:
+        return
+    raise RuntimeError("the penalties yielded twice")  # pragma: no cover
+
+
+async def _penalize(authc: str, conn_meta: ConnectionMeta) -> AsyncGenerator[None, Any]:
     policy = throttle.policy()
     if not policy.enabled:
         yield

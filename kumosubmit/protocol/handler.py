@@ -9,8 +9,10 @@ policy is a handler of an event, built-in or the project's.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
@@ -22,11 +24,14 @@ from kumosubmit.meta import AUTH_ABORTED
 from kumosubmit.protocol import replies
 from kumosubmit.protocol.data import declared_size
 from kumosubmit.protocol.sasl import (
+    BearerCredentials,
     PlainCredentials,
     SaslError,
     decode_base64,
     parse_login_field,
+    parse_oauthbearer,
     parse_plain,
+    parse_xoauth2,
 )
 from kumosubmit.protocol.server import dispatch_names
 from kumosubmit.spool import SpooledMessage, get_spool
@@ -50,6 +55,26 @@ class AuthIdentity:
 
     def __repr__(self) -> str:
         return f"AuthIdentity(authz={self.authz!r}, authc={self.authc!r})"
+
+
+def oauth_error_status() -> str:
+    """RFC 7628 section 3.2.2: the JSON of the error challenge (``invalid_token``)."""
+    status: dict[str, str] = {"status": "invalid_token", "scope": events.oauth_scope()}
+    configuration = events.oauth_openid_configuration()
+    if configuration:
+        status["openid-configuration"] = configuration
+    return json.dumps(status, separators=(",", ":"))
+
+
+#: The token mechanisms: offered once a validator or a handler can answer them.
+BEARER_MECHANISMS = frozenset({"OAUTHBEARER", "XOAUTH2"})
+
+
+def _without_bearer(line: str) -> str:
+    words = line.split(" ")
+    if words[0].upper() != "AUTH":
+        return line
+    return " ".join(word for word in words if word.upper() not in BEARER_MECHANISMS)
 
 
 def _is_printable_ascii(text: str) -> bool:
@@ -93,6 +118,8 @@ class SubmissionHandler:
         # aiosmtpd's lines are "250-NAME", the extensions, then "250 HELP"; we announce
         # what we do besides, and keep HELP last.
         extensions = [line[4:] for line in responses[1:-1]]
+        if not events.oauth_offered():
+            extensions = [_without_bearer(line) for line in extensions]
         extensions += ["PIPELINING", "ENHANCEDSTATUSCODES", responses[-1][4:]]
         verdict = await events.ehlo(
             hostname, server.meta, extensions, extended=True, tls=server.on_tls
@@ -173,6 +200,62 @@ class SubmissionHandler:
             return AuthResult(
                 success=True, auth_data=AuthIdentity(authz, authc), message=verdict.reply
             )
+        return AuthResult(success=False, handled=False, message=verdict.reply)
+
+    # -- AUTH OAUTHBEARER (RFC 7628) and XOAUTH2 ---------------------------------------
+
+    async def auth_OAUTHBEARER(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
+        return await self._bearer(server, "OAUTHBEARER", args, parse_oauthbearer)
+
+    async def auth_XOAUTH2(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
+        return await self._bearer(server, "XOAUTH2", args, parse_xoauth2)
+
+    async def _bearer(
+        self,
+        server: SubmissionSMTP,
+        mechanism: str,
+        args: list[str],
+        parse: Callable[[bytes], BearerCredentials],
+    ) -> AuthResult:
+        """Ask ``smtp_server_auth_oauthbearer``; a refusal gets the error challenge first.
+
+        RFC 7628 section 3.2.2: the server answers a failed token with a ``334``
+        carrying a JSON status, the client answers it with a dummy response
+        (``^A``; XOAUTH2 clients send an empty line), and only then comes the
+        final ``535``. Temporary failures (``454``) and closes (``421``) are
+        answered at once.
+        """
+        if not events.oauth_offered():
+            return AuthResult(success=False, handled=False, message=replies.AUTH_UNKNOWN_MECHANISM)
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                server.meta.record_auth(mechanism, "", "", AUTH_ABORTED)
+                return AuthResult(success=False, handled=True)
+        else:
+            blob = args[1]
+        try:
+            raw = decode_base64(blob) if isinstance(blob, str) else blob
+            assert isinstance(raw, bytes)
+            credentials = parse(raw)
+        except SaslError:
+            server.meta.record_auth(mechanism, "", "", AUTH_ABORTED)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_MALFORMED)
+        verdict = await events.auth_oauthbearer(
+            mechanism, credentials.authz, credentials.token, server.meta
+        )
+        if verdict.success:
+            return AuthResult(
+                success=True,
+                auth_data=AuthIdentity(verdict.authz, verdict.authc),
+                message=verdict.reply,
+            )
+        if verdict.reply.startswith("5"):
+            # The error challenge; whatever the client answers, the exchange ends with
+            # the refusal (a "*" cancels it: challenge_auth answers that with 501).
+            answer = await server.challenge_auth(oauth_error_status(), encode_to_b64=True)
+            if answer is MISSING:
+                return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=verdict.reply)
 
     # -- the transaction --------------------------------------------------------

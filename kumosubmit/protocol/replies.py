@@ -11,6 +11,7 @@ from kumosubmit.addresses import BAD_SENDER as BAD_SENDER
 
 AUTH_MALFORMED = "501 5.5.2 Cannot decode AUTH response"
 AUTH_CANCELLED = "501 5.7.0 Authentication cancelled"
+AUTH_UNKNOWN_MECHANISM = "504 5.5.4 Unrecognized authentication type"
 AUTH_ALREADY = "503 5.5.1 Already authenticated"
 TLS_ALREADY = "503 5.5.1 TLS already active"
 SENDER_OK = "250 2.1.0 Sender OK"

@@ -136,7 +136,16 @@ def dispatch_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     return names
 
 
+#: RFC 4954 section 4: an AUTH command or response line may be 12288 octets long, room
+#: for the tokens of OAUTHBEARER and XOAUTH2 (a signed JWT is often 1-3 KB). Other
+#: commands keep aiosmtpd's 512; DATA is read by protocol/data.py, without this limit.
+AUTH_LINE_LIMIT = 12288
+
+
 class SubmissionSMTP(SMTP):
+    # The reader's line limit, which aiosmtpd's 1001 would set below AUTH_LINE_LIMIT.
+    line_length_limit = AUTH_LINE_LIMIT + 2
+
     def __init__(
         self,
         handler: Any,
@@ -150,6 +159,7 @@ class SubmissionSMTP(SMTP):
         # aiosmtpd keeps these limits in a dict shared by every connection and grows it on
         # each EHLO; give each connection its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.command_size_limits["AUTH"] = AUTH_LINE_LIMIT
         self.state = state
         self.implicit_tls = implicit_tls
         self.limits = limits
@@ -529,6 +539,7 @@ class SubmissionSMTP(SMTP):
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self.command_size_limits.clear()  # aiosmtpd adds to them on every EHLO
+        self.command_size_limits["AUTH"] = AUTH_LINE_LIMIT
         await self._one_write(partial(self._raw, super().smtp_EHLO), hostname)
 
     async def smtp_HELO(self, hostname: str) -> None:

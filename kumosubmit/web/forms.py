@@ -1,5 +1,5 @@
-"""The self-service forms: sign-in and password change (throttled), a new app password,
-and a new password for a login."""
+"""The self-service forms: sign-in and password change (throttled), a new app password or
+token, and a new password for a login."""
 
 from __future__ import annotations
 
@@ -111,6 +111,35 @@ class AppPasswordForm(forms.Form):
     def expires_at(self) -> datetime | None:
         days = self.cleaned_data.get("expires")
         return timezone.now() + timedelta(days=days) if days else None
+
+
+#: How long a token lasts, in days: tokens always expire (the default: OAUTH["TOKEN_DAYS"]).
+TOKEN_EXPIRY_CHOICES = [
+    ("7", _("In 7 days")),
+    ("30", _("In 30 days")),
+    ("90", _("In 90 days")),
+    ("365", _("In a year")),
+]
+
+
+class SmtpTokenForm(forms.Form):
+    """A label for the new token, and when it stops working."""
+
+    label = forms.CharField(
+        label=_("Label"),
+        max_length=100,
+        help_text=_("Where you will use it, e.g. “backup script” or “Thunderbird”."),
+    )
+    expires = forms.TypedChoiceField(
+        label=_("Expires"),
+        choices=TOKEN_EXPIRY_CHOICES,
+        coerce=int,
+        initial="90",
+        help_text=_("After this it is refused, as if revoked."),
+    )
+
+    def expires_at(self) -> datetime:
+        return timezone.now() + timedelta(days=self.cleaned_data["expires"])
 
 
 class LoginPasswordForm(SmtpLoginPasswordForm):

@@ -17,7 +17,6 @@ import qrcode
 import qrcode.image.svg
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -34,6 +33,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from kumosubmit import notices
 from kumosubmit.conf import app_settings
 from kumosubmit.web import passkeys, second_factor
+from kumosubmit.web.account import sign_in_required
 from kumosubmit.web.models import Passkey
 
 
@@ -76,7 +76,7 @@ def qr_svg(text: str) -> str:
 
 
 @never_cache
-@login_required
+@sign_in_required
 def security(request: HttpRequest) -> HttpResponse:
     """The user's second factors, with ways to add and remove them."""
     user = request.user
@@ -97,7 +97,7 @@ def security(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @sensitive_variables()
-@login_required
+@sign_in_required
 @second_factor.step_up
 @require_http_methods(["GET", "POST"])
 def totp_enrol(request: HttpRequest) -> HttpResponse:
@@ -139,7 +139,7 @@ def totp_enrol(request: HttpRequest) -> HttpResponse:
 
 
 @never_cache
-@login_required
+@sign_in_required
 @second_factor.step_up
 @require_POST
 def recovery_codes(request: HttpRequest) -> HttpResponse:
@@ -161,7 +161,7 @@ def _removed(request: HttpRequest, what: str) -> HttpResponse:
     return HttpResponseRedirect(reverse("credentials:security"))
 
 
-@login_required
+@sign_in_required
 @second_factor.step_up
 @require_POST
 def totp_remove(request: HttpRequest, device_id: int) -> HttpResponse:
@@ -169,7 +169,7 @@ def totp_remove(request: HttpRequest, device_id: int) -> HttpResponse:
     return _removed(request, gettext("The authenticator app"))
 
 
-@login_required
+@sign_in_required
 @second_factor.step_up
 @require_POST
 def passkey_remove(request: HttpRequest, passkey_id: int) -> HttpResponse:
@@ -178,14 +178,14 @@ def passkey_remove(request: HttpRequest, passkey_id: int) -> HttpResponse:
     return _removed(request, gettext("The passkey “%s”") % key.name)
 
 
-@login_required
+@sign_in_required
 @second_factor.step_up
 @require_POST
 def passkey_register_begin(request: HttpRequest) -> HttpResponse:
     return HttpResponse(passkeys.registration_options(request), content_type="application/json")
 
 
-@login_required
+@sign_in_required
 @require_POST
 def passkey_register_finish(request: HttpRequest) -> HttpResponse:
     try:
@@ -200,7 +200,7 @@ def passkey_register_finish(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @sensitive_post_parameters("code")
-@login_required
+@sign_in_required
 @require_http_methods(["GET", "POST"])
 def verify(request: HttpRequest) -> HttpResponse:
     """The check: a TOTP code, a recovery code, or a passkey."""
@@ -233,13 +233,13 @@ def verify(request: HttpRequest) -> HttpResponse:
     )
 
 
-@login_required
+@sign_in_required
 @require_POST
 def passkey_assert_begin(request: HttpRequest) -> HttpResponse:
     return HttpResponse(passkeys.authentication_options(request), content_type="application/json")
 
 
-@login_required
+@sign_in_required
 @require_POST
 def passkey_assert_finish(request: HttpRequest) -> HttpResponse:
     try:

@@ -22,6 +22,8 @@ urlpatterns = [
         views.revoke,
         name="revoke",
     ),
+    path("<int:login_id>/tokens/new/", views.create_token, name="create_token"),
+    path("<int:login_id>/tokens/<int:token_id>/revoke/", views.revoke_token, name="revoke_token"),
     path("sign-in/", account.SignInView.as_view(), name="sign_in"),
     path("sign-out/", account.SignOutView.as_view(), name="sign_out"),
     path(

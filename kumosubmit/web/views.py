@@ -13,7 +13,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
@@ -28,8 +28,10 @@ from kumosubmit.audit.models import AuthOutcome, ConnectionRecord
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials import service
 from kumosubmit.credentials.models import AppPassword, SmtpLogin, create_app_password
+from kumosubmit.oauth import tokens as oauth_tokens
+from kumosubmit.oauth.models import SmtpToken
 from kumosubmit.web.account import sign_in_required
-from kumosubmit.web.forms import AppPasswordForm, LoginPasswordForm
+from kumosubmit.web.forms import AppPasswordForm, LoginPasswordForm, SmtpTokenForm
 from kumosubmit.web.second_factor import step_up
 
 #: How many audit rows, and how many revoked or expired app passwords, the login page shows.
@@ -45,6 +47,11 @@ RESULT_TEXT = {
     service.APP_PASSWORDS_ONLY: _("own password refused: app passwords only"),
     service.MUST_CHANGE_PASSWORD: _("own password refused: a new one must be chosen"),
     service.AUTHZ_NOT_ALLOWED: _("may not act as the identity asked for"),
+    # Tokens (kumosubmit/oauth/); "revoked" and "expired" are as above.
+    "unknown_token": _("unknown token"),
+    "wrong_scope": _("token without the smtp scope"),
+    "no_login": _("token not good for this login"),
+    "invalid_token": _("invalid token"),
 }
 
 
@@ -78,6 +85,12 @@ def _credential(record: ConnectionRecord) -> tuple[str, str]:
         return "", ""
     note = notes[-1]
     detail = str(RESULT_TEXT.get(note.get("result", ""), ""))
+    if note.get("kind") == "oauth_token":
+        if note.get("label"):
+            return gettext("token “%s”") % note["label"], detail
+        if note.get("application"):
+            return gettext("token of “%s”") % note["application"], detail
+        return gettext("token"), detail
     if note.get("kind") == "app_password":
         return gettext("app password “%s”") % note.get("label", ""), detail
     return gettext("password"), detail
@@ -142,6 +155,27 @@ def _detail_context(login: SmtpLogin) -> dict[str, Any]:
         "can_create": len(live) < app_settings.MAX_APP_PASSWORDS,
         "max_app_passwords": app_settings.MAX_APP_PASSWORDS,
         "sign_ins": recent_sign_ins(login),
+        **_token_context(login, now),
+    }
+
+
+def tokens_enabled() -> bool:
+    """Whether tokens are made here: this project's toolkit checks them."""
+    return app_settings.oauth["VALIDATOR"] == "kumosubmit.oauth.toolkit.validate"
+
+
+def _token_context(login: SmtpLogin, now: datetime) -> dict[str, Any]:
+    if not tokens_enabled():
+        return {"tokens_enabled": False}
+    live = list(login.tokens.live(now))
+    inactive = login.tokens.exclude(pk__in=[t.pk for t in live])[:RECENT_INACTIVE]
+    return {
+        "tokens_enabled": True,
+        "tokens": live,
+        "inactive_tokens": list(inactive),
+        "token_form": SmtpTokenForm(),
+        "can_create_token": login.owner_id is not None
+        and len(live) < app_settings.MAX_APP_PASSWORDS,
     }
 
 
@@ -227,4 +261,57 @@ def set_password(request: HttpRequest, login_id: int) -> HttpResponse:
         return HttpResponseRedirect(reverse("credentials:login", args=[login.pk]))
     return render(
         request, "kumosubmit/credentials/set_password.html", {"login": login, "form": form}
+    )
+
+
+# -- tokens (AUTH OAUTHBEARER and XOAUTH2; kumosubmit/oauth/, docs/oauth.md) --------------
+
+
+@never_cache  # the one copy of the token must not stay in a cache
+@sensitive_variables()
+@sign_in_required
+@step_up  # as for app passwords
+@require_http_methods(["GET", "POST"])
+def create_token(request: HttpRequest, login_id: int) -> HttpResponse:
+    """Issue a token with the smtp scope and show it, this once, in the answer to the POST."""
+    login = _own_login(request, login_id)
+    if not tokens_enabled():
+        raise Http404("tokens are not checked by this project")
+    form = SmtpTokenForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        if login.tokens.live().count() >= app_settings.MAX_APP_PASSWORDS:
+            form.add_error(
+                None,
+                gettext(
+                    "This login has %(max)d tokens already; revoke one you no longer use first."
+                )
+                % {"max": app_settings.MAX_APP_PASSWORDS},
+            )
+        else:
+            row, token = oauth_tokens.create_smtp_token(
+                login, form.cleaned_data["label"], form.expires_at()
+            )
+            return render(
+                request,
+                "kumosubmit/credentials/token_created.html",
+                {"login": login, "smtp_token": row, "token": token},
+            )
+    return render(request, "kumosubmit/credentials/token_form.html", {"login": login, "form": form})
+
+
+@sign_in_required
+@step_up  # as for app passwords
+@require_http_methods(["GET", "POST"])
+def revoke_token(request: HttpRequest, login_id: int, token_id: int) -> HttpResponse:
+    """Ask (GET), then revoke (POST): the token is refused from the next AUTH on."""
+    login = _own_login(request, login_id)
+    row = get_object_or_404(SmtpToken, pk=token_id, login=login)
+    if request.method == "POST":
+        if oauth_tokens.revoke_smtp_token(row):
+            messages.success(
+                request, gettext("The token “%s” was revoked; it no longer works.") % row.label
+            )
+        return HttpResponseRedirect(reverse("credentials:login", args=[login.pk]))
+    return render(
+        request, "kumosubmit/credentials/token_revoke.html", {"login": login, "smtp_token": row}
     )

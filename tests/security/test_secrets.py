@@ -1,4 +1,4 @@
-"""Secrets (hardening issue, item 6): no password, nor its base64, is written anywhere.
+"""Secrets (hardening issue, item 6): no password or token, nor its base64, is written anywhere.
 
 An AUTH-heavy run (right, wrong, unknown, inactive, malformed, cancelled,
 pipelined, pre-TLS, over-long; PLAIN and LOGIN; each with its own random
@@ -19,6 +19,7 @@ import signal
 import smtplib
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.log import AdminEmailHandler
 
 from kumosubmit.conf import DEFAULTS
@@ -126,7 +128,10 @@ class Storm:
         def too_long(client: smtplib.SMTP) -> int:
             secret = self.fresh("long")
             self.watch.add_plain("", ALICE, secret)
-            return client.docmd("AUTH", "PLAIN " + plain_blob("", ALICE, secret) * 40)[0]
+            # Longer than the 12288 octets RFC 4954 allows an AUTH line.
+            line = "AUTH PLAIN " + plain_blob("", ALICE, secret) * 300
+            assert len(line) > 12288
+            return client.docmd(line)[0]
 
         def pipelined(client: smtplib.SMTP) -> int:
             secret = self.fresh("pipelined")
@@ -255,6 +260,108 @@ def test_auth_storm_in_process_leaves_no_password_in_logs_tables_or_admin(
     # The run really produced what was searched (secret_watch checks logs and tables).
     assert Message.objects.count() == 5
     assert Counter(code for _, code in storm.codes) == {235: 5, 535: 14, 501: 4, 500: 1, 538: 1}
+
+
+# -- tokens (AUTH OAUTHBEARER and XOAUTH2) ------------------------------------------------
+
+
+def oauthbearer_blob(authz: str, token: str) -> str:
+    return b64(f"n,a={authz},\x01auth=Bearer {token}\x01\x01")
+
+
+def xoauth2_blob(user: str, token: str) -> str:
+    return b64(f"user={user}\x01auth=Bearer {token}\x01\x01")
+
+
+def oauth_admin_urls() -> list[str]:
+    """django-oauth-toolkit's admin pages: its tokens and applications."""
+    urls = []
+    for model in admin.site._registry:
+        opts = model._meta
+        if opts.app_label != "oauth2_provider":
+            continue
+        name = f"admin:{opts.app_label}_{opts.model_name}"
+        urls.append(reverse(f"{name}_changelist"))
+        for pk in model._default_manager.values_list("pk", flat=True):
+            urls.append(reverse(f"{name}_change", args=[pk]))
+    return urls
+
+
+def test_token_storm_leaves_no_token_in_logs_tables_or_admin(
+    smtp_server: LiveSMTPServer, make_login, secret_watch, lenient_limits, superuser_client
+):
+    from oauth2_provider.models import AccessToken
+
+    from kumosubmit.oauth.models import SmtpToken
+    from kumosubmit.oauth.tokens import create_smtp_token, revoke_smtp_token
+
+    owner = User.objects.create_user("alice", "alice@example.org", "site password of alice")
+    login = make_login(ALICE, password("alice"), may_act_as=(SALES,))
+    login.owner = owner
+    login.save(update_fields=["owner"])
+    tokens = {}
+    for kind in ("good", "revoked", "expired", "scope", "sales"):
+        _row, tokens[kind] = create_smtp_token(login, kind, None)
+        secret_watch.add_bearer(ALICE, tokens[kind])
+        secret_watch.add_bearer(SALES, tokens[kind])
+    tokens["unknown"] = "unknown-" + secrets.token_urlsafe(24)
+    secret_watch.add_bearer(ALICE, tokens["unknown"])
+    revoke_smtp_token(SmtpToken.objects.get(label="revoked"))
+    AccessToken.objects.filter(pk=SmtpToken.objects.get(label="expired").access_token_id).update(
+        expires=timezone.now() - timedelta(seconds=1)
+    )
+    AccessToken.objects.filter(pk=SmtpToken.objects.get(label="scope").access_token_id).update(
+        scope="read"
+    )
+    codes = []
+
+    def attempt(mechanism: str, blob: str, dummy: str | None, *, inline: bool = True) -> None:
+        with quitting(smtp_server.starttls()) as client:
+            if inline:
+                code, _text = client.docmd("AUTH", f"{mechanism} {blob}")
+            else:
+                assert client.docmd("AUTH", mechanism)[0] == 334
+                code, _text = client.docmd(blob)
+            if code == 334 and dummy is not None:
+                code = client.docmd(dummy)[0]
+            codes.append(code)
+            if code == 235:
+                client.sendmail(ALICE, [BOB], b"Subject: t\r\n\r\nwith a token\r\n")
+
+    for kind, token in tokens.items():
+        authz = SALES if kind == "sales" else ALICE
+        attempt("OAUTHBEARER", oauthbearer_blob(authz, token), "AQ==")
+        attempt("XOAUTH2", xoauth2_blob(authz, token), "", inline=False)
+    # The error challenge cancelled, a malformed message, a token with a bad character.
+    attempt("OAUTHBEARER", oauthbearer_blob(ALICE, tokens["unknown"]), "*")
+    bad = tokens["good"] + "!"
+    secret_watch.add_bearer(ALICE, bad)
+    attempt("XOAUTH2", xoauth2_blob(ALICE, bad), "")
+    attempt("OAUTHBEARER", b64(f"n,,\x01auth=Bearer {tokens['good']}\x01"), "AQ==")
+
+    # A hook that fails with the token in its exception (and in its cause).
+    @on("smtp_server_auth_oauthbearer")
+    def careless(authz, token, conn_meta):
+        try:
+            raise KeyError(token)
+        except KeyError as error:
+            raise RuntimeError(f"lookup failed for {authz} with {token!r}") from error
+
+    attempt("XOAUTH2", xoauth2_blob(ALICE, tokens["good"]), "")
+    reset()
+    smtp_server.settle()
+
+    urls = admin_urls() + oauth_admin_urls()
+    assert any("accesstoken" in url for url in urls)
+    for url in urls:
+        response = superuser_client.get(url)
+        assert response.status_code == 200, url
+        secret_watch.assert_absent_from(response.content.decode(), url)
+    superuser_client.force_login(owner)
+    page = superuser_client.get(reverse("credentials:login", args=[login.pk]))
+    secret_watch.assert_absent_from(page.content.decode(), "the owner's login page")
+    assert Counter(codes) == {235: 4, 535: 8, 501: 3, 454: 1}
+    assert Message.objects.count() == 4
 
 
 # -- error reports: the admin fails while it holds a password -------------------------------

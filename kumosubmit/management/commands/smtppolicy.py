@@ -34,6 +34,12 @@ class Command(BaseCommand):
             help="Read the password from standard input (its first line) and run AUTH.",
         )
         auth.add_argument(
+            "--token-stdin",
+            action="store_true",
+            help="Read a token from standard input (its first line) and run AUTH OAUTHBEARER, "
+            "naming --authz (or none) as the identity; --authc is then ignored.",
+        )
+        auth.add_argument(
             "--skip-auth",
             action="store_true",
             help="Take AUTH as passed, as authc (acting as authz), and check the rest.",
@@ -50,12 +56,16 @@ class Command(BaseCommand):
         )
         parser.add_argument("--ehlo", default="dry-run.invalid", metavar="NAME")
 
-    @sensitive_variables("password")
+    @sensitive_variables("password", "token", "secret")
     def handle(self, *args: Any, **options: Any) -> None:
-        password = None
-        if options["password_stdin"]:
+        password = token = None
+        if options["password_stdin"] or options["token_stdin"]:
             stream = command_stdin(options)
-            password = (stream.readline() if stream else "").rstrip("\r\n")
+            secret = (stream.readline() if stream else "").rstrip("\r\n")
+            if options["token_stdin"]:
+                token = secret
+            else:
+                password = secret
         message = None
         if options["message"] is not None:
             try:
@@ -72,6 +82,7 @@ class Command(BaseCommand):
                 rcpts=options["rcpt"],
                 message=message,
                 ehlo=options["ehlo"],
+                token=token,
             )
         )
         self.stdout.write(result.report())
