@@ -179,6 +179,7 @@ DEFAULTS: dict[str, Any] = {
         "SECOND_FACTOR_REMOVED": True,
         "NEW_ADDRESS": True,  # a login first used from a new address or IPv6 network
         "LOGIN_BLOCKED": True,  # a block fell on a login
+        "DECOY_USED": True,  # a decoy login was tried: to the site's ADMINS
         # "queue": stored as a message of kumosubmit's own queue, which runrelay delivers;
         # "email": sent through Django's EMAIL_BACKEND.
         "DELIVERY": "queue",

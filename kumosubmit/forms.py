@@ -64,7 +64,14 @@ class SmtpLoginChangeForm(forms.ModelForm):
 
     class Meta:
         model = SmtpLogin
-        fields = ["username", "is_active", "owner", "require_app_passwords", "must_change_password"]
+        fields = [
+            "username",
+            "is_active",
+            "owner",
+            "require_app_passwords",
+            "must_change_password",
+            "is_decoy",
+        ]
 
     def clean_username(self) -> str:
         # SmtpLogin.save() lower-cases the name anyway, but the uniqueness check

@@ -15,8 +15,10 @@ A notice that cannot be sent is logged and never breaks what caused it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -41,7 +43,13 @@ from kumosubmit.spool.orm import DatabaseSpool, store_together
 
 log = logging.getLogger(__name__)
 
-KINDS = ("APP_PASSWORD_CREATED", "SECOND_FACTOR_REMOVED", "NEW_ADDRESS", "LOGIN_BLOCKED")
+KINDS = (
+    "APP_PASSWORD_CREATED",
+    "SECOND_FACTOR_REMOVED",
+    "NEW_ADDRESS",
+    "LOGIN_BLOCKED",
+    "DECOY_USED",
+)
 
 
 def settings_dict() -> dict[str, Any]:
@@ -293,3 +301,73 @@ async def alogin_blocked(login: SmtpLogin, address: str | None, until: datetime)
     if notice is not None:
         await adeliver(notice)
     return notice is not None
+
+
+# -- from the SMTP side ---------------------------------------------------------------
+
+
+def _decoy_notices(username: str, address: str | None, until: datetime | None) -> list[Notice]:
+    if not enabled("DECOY_USED"):
+        return []
+    page = _link(reverse("admin:kumosubmit_authfailurecounter_changelist"))
+    where = address or "an unknown address"
+    blocked = f"That address is blocked on every host until {_when(until)}; " if until else ""
+    body = (
+        f"The decoy login {username} was tried at SMTP AUTH from {where}. No one has a "
+        "reason to use it: whoever did holds a list of logins that includes it (a leak, or "
+        f"a guess from a directory).\n\n{blocked}the blocks, with an action to lift them, "
+        f"are here:\n{page}\n"
+    )
+    return [
+        Notice("DECOY_USED", email, f"Decoy login {username} tried from {address}", body)
+        for _, email in settings.ADMINS
+    ]
+
+
+async def adecoy_used(username: str, address: str | None, until: datetime | None) -> int:
+    """Alert the site's ADMINS that a decoy login was tried (from the event loop)."""
+    notices = _decoy_notices(username, address, until)
+    for notice in notices:
+        await adeliver(notice)
+    return len(notices)
+
+
+def _new_address_notice_of(login_pk: int, address: str, credential: str) -> Notice | None:
+    login = SmtpLogin.objects.select_related("owner").filter(pk=login_pk).first()
+    return _new_address_notice(login, address, credential) if login is not None else None
+
+
+async def anew_address_used_by(login_pk: int, address: str, *, credential: str = "") -> bool:
+    """:func:`anew_address_used` for a login known by its primary key (the AUTH path)."""
+    from kumosubmit.db import run_db
+
+    notice = await run_db(_new_address_notice_of, login_pk, address, credential)
+    if notice is not None:
+        await adeliver(notice)
+    return notice is not None
+
+
+def _blocked_notice_of(username: str, address: str | None, until: datetime) -> Notice | None:
+    login = SmtpLogin.objects.select_related("owner").filter(username=username).first()
+    return _blocked_notice(login, address, until) if login is not None else None
+
+
+async def alogin_blocked_by_name(username: str, address: str | None, until: datetime) -> bool:
+    """:func:`alogin_blocked` for a login known by its (case-folded) name; none: nothing."""
+    from kumosubmit.db import run_db
+
+    notice = await run_db(_blocked_notice_of, username, address, until)
+    if notice is not None:
+        await adeliver(notice)
+    return notice is not None
+
+
+#: Notices on their way from the SMTP side, held so the tasks are not collected early.
+_sending: set[asyncio.Task[Any]] = set()
+
+
+def send_soon(coroutine: Coroutine[Any, Any, Any]) -> None:
+    """Send a notice without holding up the reply that caused it."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)

@@ -134,7 +134,10 @@ class SmtpLoginAdmin(admin.ModelAdmin):
     add_form = SmtpLoginCreationForm
     fieldsets = (
         (None, {"fields": ("username", "password", "is_active", "owner")}),
-        (_("Policy"), {"fields": ("require_app_passwords", "must_change_password")}),
+        (
+            _("Policy"),
+            {"fields": ("require_app_passwords", "must_change_password", "is_decoy")},
+        ),
         (_("App passwords"), {"fields": ("app_passwords",)}),
         (
             _("History"),
@@ -161,6 +164,7 @@ class SmtpLoginAdmin(admin.ModelAdmin):
                     "is_active",
                     "owner",
                     "require_app_passwords",
+                    "is_decoy",
                 ),
             },
         ),
@@ -181,11 +185,12 @@ class SmtpLoginAdmin(admin.ModelAdmin):
         "owner",
         "require_app_passwords",
         "must_change_password",
+        "is_decoy",
         "last_used_at",
         "last_used_from",
         "created_at",
     )
-    list_filter = ("is_active", "must_change_password", "require_app_passwords")
+    list_filter = ("is_active", "must_change_password", "require_app_passwords", "is_decoy")
     search_fields = ("username",)  # and the owner's name: get_search_fields()
     list_select_related = ("owner",)
     actions = ["activate", "deactivate", "force_password_change", "lift_blocks"]

@@ -17,12 +17,15 @@ dependence on the platform's ``crypt()``, which Python 3.13 removed).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import os
 import re
 import secrets
+import statistics
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -177,9 +180,27 @@ async def _in_pool(func: Callable[..., R], *args: Any) -> R:
     return result
 
 
+#: How long the latest verifications took as a session waited for them (the pool's queue
+#: included): a decoy login is answered after as long (kumosubmit/policy/decoys.py).
+_recent_verifications: collections.deque[float] = collections.deque(maxlen=32)
+#: Until this process has verified a password: about what the default parameters take here.
+DEFAULT_VERIFICATION_SECONDS = 0.12
+
+
 async def averify(encoded: str | None, password: str) -> tuple[bool, bool]:
     """:func:`verify` in the bounded argon2 pool."""
-    return await _in_pool(verify, encoded, password)
+    started = time.monotonic()
+    try:
+        return await _in_pool(verify, encoded, password)
+    finally:
+        _recent_verifications.append(time.monotonic() - started)
+
+
+def typical_verification_seconds() -> float:
+    """The median time of this process's recent verifications, as the sessions saw them."""
+    if not _recent_verifications:
+        return DEFAULT_VERIFICATION_SECONDS
+    return statistics.median(_recent_verifications)
 
 
 async def amake_hash(password: str) -> str:

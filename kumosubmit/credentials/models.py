@@ -66,6 +66,17 @@ class SmtpLogin(models.Model):
         ],
         help_text=_("Whether AUTH accepts only the login's app passwords."),
     )
+    is_decoy = models.BooleanField(
+        _("decoy"),
+        default=False,
+        db_index=True,
+        help_text=_(
+            "A honeytoken: no one should ever use this login. Any AUTH with it blocks the "
+            "client's address at once on every host, before a password is checked, and "
+            "alerts the site's admins; the client is answered as for a wrong password. "
+            "Decoys never appear on the self-service pages."
+        ),
+    )
 
     class Meta:
         verbose_name = _("SMTP login")

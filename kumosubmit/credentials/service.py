@@ -24,6 +24,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from kumosubmit import notices
 from kumosubmit.credentials import hashing
 from kumosubmit.credentials.authcache import auth_cache
 from kumosubmit.credentials.models import (
@@ -80,6 +81,11 @@ class _Candidate:
         use already recorded (LAST_USED_PRECISION), and no app password whose revocation
         could have landed since the lookup."""
         return new_hash is None and self.app_password_pk is None and self.used_lately(now, peer)
+
+    @property
+    def last_address(self) -> str | None:
+        """Where the login was last used from, as recorded."""
+        return self.last_used[0][1] if self.last_used else None
 
     @property
     def identity(self) -> str:
@@ -226,6 +232,13 @@ async def authenticate(authz: str, authc: str, password: str, conn_meta: dict[st
         _note(conn_meta, candidate.note(REVOKED, cached))
         return False
     _note(conn_meta, candidate.note(ACCEPTED, cached))
+    if peer and not is_dry_run(conn_meta) and candidate.last_address != peer:
+        # Used from somewhere else than last time: its owner hears if it is new to the
+        # login (notices.py decides, once per address, in the database).
+        credential = candidate.app_password_label or "password"
+        notices.send_soon(
+            notices.anew_address_used_by(candidate.login_pk, peer, credential=credential)
+        )
     if new_hash:
         log.info("upgraded a password hash of login %s to argon2id with current parameters", authc)
     return True

@@ -303,6 +303,20 @@ def _record_failure(policy: Policy, keys: Keys, now: datetime) -> Failure:
     return Failure(address.failures if address else 0, new_blocks)
 
 
+def block_address(policy: Policy, address: str | None) -> Block | None:
+    """Block ``address`` now, for ``BLOCK_DURATION``, on every host sharing the database
+    (a decoy login was tried from it). None without an address."""
+    key = address_key(address, policy.ipv6_prefix)
+    if key is None:
+        return None
+    now = timezone.now()
+    with transaction.atomic():
+        _count(ADDRESS.value, key, 1, policy, now)  # a threshold of 1: blocked at once
+        row = AuthFailureCounter.objects.get(kind=ADDRESS.value, value=key)
+    assert row.blocked_until is not None
+    return Block(ADDRESS.value, key, row.blocked_until)
+
+
 async def record_failure(policy: Policy, address: str | None, authc: str) -> Failure:
     """Count a refused password for the address, the login and the pair."""
     failure = await run_db(_record_failure, policy, Keys.of(policy, address, authc), timezone.now())

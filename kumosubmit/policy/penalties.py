@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any, NoReturn
 
+from kumosubmit import notices
 from kumosubmit.credentials import throttle
 from kumosubmit.db import run_db
 from kumosubmit.hooks import Reject, delay_reply
@@ -94,6 +95,11 @@ async def _penalize(authc: str, conn_meta: ConnectionMeta) -> AsyncGenerator[Non
         try:
             failure = await throttle.record_failure(policy, address, authc)
             delay = policy.delay_for(failure.address_failures)
+            for block in failure.new_blocks:
+                if block.kind == throttle.LOGIN:  # its owner hears of it (notices.py)
+                    notices.send_soon(
+                        notices.alogin_blocked_by_name(block.value, address, block.until)
+                    )
         except Exception:
             log.exception("conn %s: could not count an AUTH failure", conn_meta["conn_id"])
             delay = policy.max_delay  # uncounted, so at least slow

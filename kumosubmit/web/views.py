@@ -56,7 +56,8 @@ RESULT_TEXT = {
 
 
 def _own_login(request: HttpRequest, login_id: int) -> SmtpLogin:
-    return get_object_or_404(SmtpLogin, pk=login_id, owner=request.user)
+    # Decoys are never shown to anyone, their "owner" included (a honeytoken).
+    return get_object_or_404(SmtpLogin, pk=login_id, owner=request.user, is_decoy=False)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def index(request: HttpRequest) -> HttpResponse:
         Q(app_passwords__expires_at__isnull=True) | Q(app_passwords__expires_at__gt=now)
     )
     logins = (
-        SmtpLogin.objects.filter(owner=request.user)
+        SmtpLogin.objects.filter(owner=request.user, is_decoy=False)
         .annotate(live_app_passwords=Count("app_passwords", filter=live))
         .order_by("username")
     )
