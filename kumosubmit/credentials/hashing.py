@@ -180,9 +180,17 @@ async def _in_pool(func: Callable[..., R], *args: Any) -> R:
     return result
 
 
+class _Durations(collections.deque[float]):
+    """Seconds the latest verifications took, forgotten when KUMOSUBMIT changes (the
+    argon2 parameters may have)."""
+
+    def cache_clear(self) -> None:
+        self.clear()
+
+
 #: How long the latest verifications took as a session waited for them (the pool's queue
 #: included): a decoy login is answered after as long (kumosubmit/policy/decoys.py).
-_recent_verifications: collections.deque[float] = collections.deque(maxlen=32)
+_recent_verifications = clears_on_setting_change(_Durations(maxlen=32))
 #: Until this process has verified a password: about what the default parameters take here.
 DEFAULT_VERIFICATION_SECONDS = 0.12
 
