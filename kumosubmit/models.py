@@ -6,7 +6,10 @@ from kumosubmit.credentials.models import (
     AppPassword,
     AuthFailureCounter,
     AuthorizedIdentity,
+    KnownPair,
     SmtpLogin,
+    SprayEvent,
+    SprayMark,
 )
 from kumosubmit.spool.models import Message
 
@@ -16,6 +19,9 @@ __all__ = [
     "AuthFailureCounter",
     "AuthorizedIdentity",
     "ConnectionRecord",
+    "KnownPair",
     "Message",
     "SmtpLogin",
+    "SprayEvent",
+    "SprayMark",
 ]

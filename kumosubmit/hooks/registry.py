@@ -66,7 +66,10 @@ EVENTS: dict[str, str] = {
 #: The built-in handlers of each event (``KUMOSUBMIT["BUILTIN_HOOKS"]`` replaces an
 #: event's list). One module per concern, under kumosubmit/policy/.
 BUILTINS: dict[str, list[str]] = {
-    "smtp_server_auth_plain": ["kumosubmit.policy.penalties.auth_plain"],
+    "smtp_server_auth_plain": [
+        "kumosubmit.policy.penalties.auth_plain",
+        "kumosubmit.policy.lanes.auth_plain",
+    ],
     "smtp_server_mail_from": [
         "kumosubmit.policy.limits.mail_from",
         "kumosubmit.policy.senders.mail_from",
