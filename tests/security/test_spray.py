@@ -33,6 +33,7 @@ from tests.live import free_port, quitting
 from tests.process import ManageProcess, command_env
 from tests.refusal_timing import make_logins, measure
 from tests.security.test_bruteforce import Clients
+from tests.security.test_timing import TOLERANCE
 from tests.test_auth_cache import create_app_password
 
 ALICE = "alice@example.com"
@@ -283,7 +284,7 @@ def test_a_short_spray_cannot_delay_the_known_user(clients, make_login, lanes_co
     assert 454 in replies  # the lane was full at times
     # As fast as alone (a verification each), within the noise of a shared machine.
     seconds = [s for _, s in during]
-    assert statistics.median(seconds) < 3 * statistics.median(alone) + 0.05, (alone, seconds)
+    assert statistics.median(seconds) < 3 * statistics.median(alone) + 0.1, (alone, seconds)
 
 
 # --- spray detection ---------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def test_a_spray_from_many_addresses_tightens_the_lane_until_it_ends(
     lanes_config(
         QUEUE=8,
         SPRAY_QUEUE=1,
-        SPRAY_DELAY=0.5,
+        SPRAY_DELAY=1.5,
         SPRAY_LOGIN_ADDRESSES=4,
         SPRAY_UNKNOWN_ADDRESSES=4,
         SPRAY_HOLD=hold,
@@ -305,7 +306,7 @@ def test_a_spray_from_many_addresses_tightens_the_lane_until_it_ends(
     assert clients.attempt(ALICE, PASSWORD, source=OWNER)[0] == 235
     # Before: a failure is answered at once.
     reply, seconds = timed(clients, ALICE, WRONG, attacker(0))
-    assert reply == INVALID and seconds < 0.4
+    assert reply == INVALID and seconds < 1.0
     # Alice's login fails from one address after another: a spray (a window boundary
     # may split the count once).
     for n in range(1, 9):
@@ -316,7 +317,7 @@ def test_a_spray_from_many_addresses_tightens_the_lane_until_it_ends(
     assert (event.scope, event.login, event.addresses) == ("login", ALICE, 4)
     # Tightened, for every login and for unknown names: a longer delay for failures ...
     reply, seconds = timed(clients, "nobody@example.com", WRONG, attacker(20))
-    assert reply == INVALID and seconds >= 0.5
+    assert reply == INVALID and seconds >= 1.5
     # ... and a shorter queue: one waits, the next is refused at once.
     with ThreadPoolExecutor(1) as pool, busy_pool():
         waiting = pool.submit(clients.attempt, BOB, WRONG, attacker(21))
@@ -324,7 +325,7 @@ def test_a_spray_from_many_addresses_tightens_the_lane_until_it_ends(
         assert clients.attempt(BOB, WRONG, source=attacker(22)) == LANE_FULL
         # The known user keeps her priority, with no delay.
         reply, seconds = timed(clients, ALICE, PASSWORD, OWNER)
-        assert reply[0] == 235 and seconds < 0.4
+        assert reply[0] == 235 and seconds < 1.0
     assert waiting.result(10) == INVALID
     # The admin shows it as going on.
     changelist = reverse("admin:kumosubmit_sprayevent_changelist")
@@ -338,7 +339,7 @@ def test_a_spray_from_many_addresses_tightens_the_lane_until_it_ends(
     # The spray ends: once SPRAY_HOLD has passed without it, the lane loosens again.
     time.sleep(hold + lanes.SPRAY_STATE_TTL + 0.2)
     reply, seconds = timed(clients, ALICE, WRONG, attacker(1))  # counted already
-    assert reply == INVALID and seconds < 0.4
+    assert reply == INVALID and seconds < 1.0
     with ThreadPoolExecutor(2) as pool, busy_pool():
         waiting = [pool.submit(clients.attempt, BOB, WRONG, attacker(n)) for n in (1, 2)]
         wait_until(lambda: bounded("queued") == 2)
@@ -350,19 +351,20 @@ def test_a_spray_from_many_addresses_tightens_the_lane_until_it_ends(
 def test_the_timing_rule_holds_in_the_bounded_lane_during_a_spray(
     smtp_server, secret_watch, lanes_config
 ):
-    """Unknown logins and wrong passwords are answered alike while tightened (within 10 %)."""
+    """Unknown logins and wrong passwords are answered alike while tightened: the lane and the
+    spray delay are the same for both (the tolerance is test_timing.py's, for a noisy machine)."""
     lanes_config(argon2=COSTLY_ARGON2, SPRAY_DELAY=0.1, SPRAY_HOLD=600)
     now = timezone.now()
     SprayEvent.objects.create(scope="unknown", started_at=now, last_seen_at=now)
     secret_watch.add(PASSWORD)
-    tries = 8
+    tries = 10
     make_logins(tries + 2, PASSWORD)
     measure(smtp_server, PASSWORD, 2, first=tries)  # warm up
     times = measure(smtp_server, PASSWORD, tries)
     medians = {kind: statistics.median(samples) for kind, samples in times.items()}
     assert medians["wrong-password"] > 0.1, medians  # the spray delay is applied
     ratio = medians["unknown"] / medians["wrong-password"]
-    assert abs(ratio - 1) < 0.10, medians
+    assert abs(ratio - 1) < TOLERANCE, medians
 
 
 def test_spray_counts_are_shared_with_another_process(
