@@ -68,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
     # (known login and network pairs, AUTH_LANES), not under SCHED_IDLE: a known user's
     # AUTH starts at once while the other lane is busy. Each keeps memory_cost KiB too.
     "ARGON2_PRIORITY_THREADS": 1,
+    # Their nice increment (0-19): 0 lets a known user's verification take its share of
+    # the cores from whatever else runs, the sessions of a spray's connections included.
+    "ARGON2_PRIORITY_NICENESS": 0,
     # Each argon2 thread keeps its verification memory (memory_cost KiB) for the next one
     # instead of mapping and faulting it in anew: about a fifth more verifications per
     # second (kumosubmit/credentials/argon2_memory.py). False: argon2-cffi's own verify.
@@ -155,6 +158,9 @@ DEFAULTS: dict[str, Any] = {
         "KNOWN_MAX_FAILURES": 3,
         # Attempts that may wait in the bounded lane of one process; more get 454 at once.
         "QUEUE": 8,
+        # Seconds an attempt may wait there for its verification to start; then it gets
+        # 454, unverified (at most HOOK_TIMEOUT less a second).
+        "MAX_WAIT": 5.0,
         # While a spray is seen: the bounded lane's length, and seconds every failure in it
         # waits before its 535 (besides BRUTE_FORCE's delay).
         "SPRAY_QUEUE": 2,

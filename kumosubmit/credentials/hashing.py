@@ -104,6 +104,10 @@ class Ticket:
     """
 
     lane: str
+    #: Seconds the attempt may wait for its first job to start; then ``expired()`` is
+    #: raised instead, and the job never runs (None: it waits as long as it takes).
+    max_wait: float | None = None
+    expired: Callable[[], BaseException] | None = None
     admitted_at: float = field(default_factory=time.monotonic)
     held: bool = True
     closed: bool = False
@@ -120,14 +124,17 @@ class _Pool:
 
     ``shared`` threads take a priority job first, a bounded-lane job otherwise; they
     run at the configured niceness and under SCHED_IDLE. ``reserved`` threads take
-    priority jobs only, at the same niceness but not under SCHED_IDLE, so a known
-    user's verification starts at once however long the bounded lane is, and takes
-    the cores from the bounded lane's verifications (SCHED_IDLE threads get the CPU
-    only when nothing else wants it, in every process on the host), not the other
-    way round. A priority job goes to an idle reserved thread when there is one.
+    priority jobs only, at ``ARGON2_PRIORITY_NICENESS`` and not under SCHED_IDLE, so a
+    known user's verification starts at once however long the bounded lane is, and
+    takes the cores from the bounded lane's verifications (SCHED_IDLE threads get the
+    CPU only when nothing else wants it, in every process on the host), and from the
+    work the attackers' connections cause, not the other way round. A priority job
+    goes to an idle reserved thread when there is one.
     """
 
-    def __init__(self, shared: int, reserved: int, niceness: int, idle: bool) -> None:
+    def __init__(
+        self, shared: int, reserved: int, niceness: int, idle: bool, reserved_niceness: int = 0
+    ) -> None:
         self._lock = threading.Lock()
         self._shared_wake = threading.Condition(self._lock)
         self._reserved_wake = threading.Condition(self._lock)
@@ -151,7 +158,7 @@ class _Pool:
         ] + [
             threading.Thread(
                 target=self._serve,
-                args=(True, niceness, False),
+                args=(True, reserved_niceness, False),
                 name=f"kumosubmit-argon2-priority_{n}",
                 daemon=True,
             )
@@ -162,7 +169,13 @@ class _Pool:
 
     # -- the event loop's side ----------------------------------------------------------
 
-    def admit(self, lane: str, limit: int | None) -> Ticket | None:
+    def admit(
+        self,
+        lane: str,
+        limit: int | None,
+        max_wait: float | None = None,
+        expired: Callable[[], BaseException] | None = None,
+    ) -> Ticket | None:
         """A place in ``lane``'s queue, or None when ``limit`` places are taken."""
         with self._lock:
             if limit is not None and self._held[lane] >= limit:
@@ -171,7 +184,12 @@ class _Pool:
             self._held[lane] += 1
             queued = self._held[lane]
         metrics.lane_queue(lane, queued)
-        return Ticket(lane)
+        return Ticket(lane, max_wait, expired)
+
+    def expire(self, ticket: Ticket) -> None:
+        """An attempt that waited too long is refused: counted as its lane's refusal."""
+        with self._lock:
+            self.refused[ticket.lane] += 1
 
     def leave(self, ticket: Ticket) -> None:
         """The attempt is over: a place it still holds (no job of it ran) is given back."""
@@ -269,16 +287,26 @@ def _executor() -> _Pool:
         reserved=max(0, int(app_settings.ARGON2_PRIORITY_THREADS)),
         niceness=app_settings.ARGON2_NICENESS,
         idle=app_settings.ARGON2_SCHED_IDLE,
+        reserved_niceness=app_settings.ARGON2_PRIORITY_NICENESS,
     )
 
 
-def admit(lane: str, limit: int | None = None) -> Ticket | None:
+def admit(
+    lane: str,
+    limit: int | None = None,
+    *,
+    max_wait: float | None = None,
+    expired: Callable[[], BaseException] | None = None,
+) -> Ticket | None:
     """Take a place in ``lane``'s queue for the current AUTH attempt, before any work.
 
     None when ``limit`` attempts already wait in that lane: refuse the attempt.
-    Pass the ticket to :func:`enter`, and to :func:`leave` when the attempt is over.
+    With ``max_wait``, a verification of the attempt that has not started that many
+    seconds after admission is dropped unstarted, and ``expired()`` is raised in its
+    place (the policy layer gives its refusal). Pass the ticket to :func:`enter`, and to
+    :func:`leave` when the attempt is over.
     """
-    return _executor().admit(lane, limit)
+    return _executor().admit(lane, limit, max_wait, expired)
 
 
 def enter(ticket: Ticket) -> None:
@@ -398,9 +426,23 @@ async def _in_pool(func: Callable[..., R], *args: Any) -> R:
     ticket = _ticket.get()
     if ticket is not None and ticket.closed:
         ticket = None
-    future = _executor().submit(job, *args, ticket=ticket)
+    pool = _executor()
+    future = pool.submit(job, *args, ticket=ticket)
     future.add_done_callback(job.done)
-    result: R = await asyncio.wrap_future(future)
+    waiting = asyncio.wrap_future(future)
+    if ticket is not None and ticket.held and ticket.max_wait is not None:
+        left = ticket.admitted_at + ticket.max_wait - time.monotonic()
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=max(0.0, left))
+        except asyncio.CancelledError:  # the session went away: the job need not run
+            waiting.cancel()
+            raise
+        if not done and future.cancel():  # not started yet: it never will
+            pool.expire(ticket)
+            if ticket.expired is not None:
+                raise ticket.expired()
+            raise TimeoutError("the argon2 lane did not start this job in time")
+    result: R = await waiting
     return result
 
 

@@ -11,7 +11,8 @@ attempt takes is decided before its password is looked at, from the login it nam
   verification goes ahead of every other one and is never refused.
 - **bounded**: everything else, whether the login exists or not, so the lane tells
   nothing about a login. At most ``QUEUE`` attempts per process wait in it; one more
-  is answered ``454 4.7.0`` at once, with no argon2 work done.
+  is answered ``454 4.7.0`` at once, with no argon2 work done, and so is one whose
+  verification has not started after ``MAX_WAIT`` seconds (it never starts).
 
 Spray detection: every failure in the bounded lane marks its client address for
 its scope (the login, or ``unknown`` for a name that is no login) in the current
@@ -77,6 +78,7 @@ class Policy:
     ipv6_prefix: int
     known_max_failures: int
     queue: int
+    max_wait: float
     spray_queue: int
     spray_delay: float
     spray_window: int
@@ -100,6 +102,9 @@ def settings_dict() -> dict[str, Any]:
 
 def policy() -> Policy:
     values = settings_dict()
+    max_wait = float(values["MAX_WAIT"])
+    if app_settings.HOOK_TIMEOUT is not None:  # a wait cut by the hook's time limit is a 454 too
+        max_wait = min(max_wait, max(0.0, float(app_settings.HOOK_TIMEOUT) - 1.0))
     return Policy(
         enabled=bool(values["ENABLED"]),
         known_pair_ttl=timedelta(seconds=values["KNOWN_PAIR_TTL"]),
@@ -107,6 +112,7 @@ def policy() -> Policy:
         ipv6_prefix=int(values["IPV6_PREFIX"]),
         known_max_failures=int(values["KNOWN_MAX_FAILURES"]),
         queue=int(values["QUEUE"]),
+        max_wait=max_wait,
         spray_queue=int(values["SPRAY_QUEUE"]),
         spray_delay=float(values["SPRAY_DELAY"]),
         spray_window=max(1, int(values["SPRAY_WINDOW"])),

@@ -5,7 +5,8 @@ checks a password it looks up, from the login named and the client's address
 only, whether the pair is known (kumosubmit/credentials/lanes.py has the rules).
 A known pair's verification goes to the argon2 pool's priority lane; any other
 attempt takes a place in the bounded lane, or, when that lane is full, is
-answered ``454 4.7.0`` at once, with no argon2 work done. Once the verdict is in,
+answered ``454 4.7.0`` at once, with no argon2 work done (as is one whose
+verification has not started after ``MAX_WAIT`` seconds). Once the verdict is in,
 a success marks the pair known (written only when new, stale or after failures),
 and a failure in the bounded lane counts towards spray detection; while a spray
 is going on, such failures are answered after ``SPRAY_DELAY`` more seconds.
@@ -57,7 +58,24 @@ async def auth_plain(
     conn_meta.note_auth_lane(lane)
     dry_run = is_dry_run(conn_meta)
     limit = None if lane == lanes.PRIORITY or dry_run else policy.queue_length(standing.spray)
-    ticket = hashing.admit(lane, limit)
+    bounded = lane == lanes.BOUNDED and not dry_run
+
+    def expired() -> Reject:
+        log.info(
+            "conn %s: AUTH for %r refused: not verified within %.1f s in the %s lane",
+            conn_meta["conn_id"],
+            authc,
+            policy.max_wait,
+            lane,
+        )
+        metrics.lane_refused(lane)
+        error = Reject(*LANE_FULL)
+        error.auth_outcome = AUTH_BUSY
+        return error
+
+    ticket = hashing.admit(
+        lane, limit, max_wait=policy.max_wait if bounded else None, expired=expired
+    )
     if ticket is None:
         metrics.lane_refused(lane)
         log.info(
