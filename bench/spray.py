@@ -28,7 +28,7 @@ each lane got (its /metrics) beside the machine's limit (verifications per secon
 every core busy, measured first), so that "the attackers get no more argon2 work than
 the cores can spare after the legitimate work" can be read off.
 
-The attackers' load generator runs on the same cores as the servers; it runs at nice 10
+The attackers' load generator runs on the same cores as the servers; it runs at nice 19
 so that it stands for a botnet's machines, not for the server's (the legitimate client
 runs at the normal priority). Both servers get the same attackers.
 """
@@ -64,7 +64,7 @@ LEGIT_USER = "load1"
 REAL_LOGINS = [f"load{n}" for n in range(1, 7)]  # the victim, load1, among them
 UNKNOWN_LOGINS = ["admin", "info", "sales", "test", "office", "support", "user", "mail"]
 #: Nice value of the attackers' processes (see the module's docstring).
-ATTACKER_NICENESS = 10
+ATTACKER_NICENESS = 19
 
 
 def attacker_addresses(count: int) -> list[str]:
@@ -268,6 +268,9 @@ def scenario(
         worker.join(30)
     elapsed = max(options.duration, time.monotonic() - started)
     lanes_after = lane_figures(metrics_url) if metrics_url else {}
+    if metrics_url and os.environ.get("SPRAY_METRICS_DUMP"):
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:  # noqa: S310
+            Path(os.environ["SPRAY_METRICS_DUMP"]).write_bytes(response.read())
     replies = sum(count for code, count in codes.items() if code != "error")
     result: dict[str, Any] = {
         "server": name,

@@ -48,7 +48,9 @@ async def auth_plain(
         return
     address = conn_meta["peer_address"]
     try:
-        standing = await lanes.check(policy, address, authc)
+        standing = lanes.prefetched(conn_meta, address, authc) or await lanes.check(
+            policy, address, authc
+        )
     except Exception:
         log.exception(
             "conn %s: could not look up the AUTH lane; answered 454", conn_meta["conn_id"]

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any, NoReturn
 
-from kumosubmit.credentials import throttle
+from kumosubmit.credentials import lanes, throttle
 from kumosubmit.db import run_db
 from kumosubmit.hooks import Reject, delay_reply
 from kumosubmit.hooks.dryrun import is_dry_run
@@ -42,12 +42,20 @@ async def auth_plain(
         return
     address = conn_meta["peer_address"]
     try:
-        standing = await throttle.check(policy, address, authc)
+        lanes_policy = lanes.policy()
+        if lanes_policy.enabled:  # one trip to the database for both (lanes.py uses it)
+            standing, lane = await run_db(
+                lanes.throttle_and_lane, policy, lanes_policy, address, authc
+            )
+            conn_meta.cache[lanes.PREFETCHED] = (address, authc, lane)
+        else:
+            standing = await throttle.check(policy, address, authc)
     except Exception:
         log.exception("conn %s: could not check AUTH blocks; answered 454", conn_meta["conn_id"])
         _refuse(CHECK_FAILED, AUTH_ERROR)
     block = standing.block
     if block is not None:
+        conn_meta.cache.pop(lanes.PREFETCHED, None)
         conn_meta["auth_block"] = block.as_meta()
         log.info(
             "conn %s: AUTH for %r refused: %s %s blocked until %s",
