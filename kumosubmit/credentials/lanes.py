@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, FilteredRelation, Q
+from django.db.models import F, FilteredRelation, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -335,13 +335,13 @@ async def record_failure(policy: Policy, standing: Standing, address: str | None
     return spray
 
 
-def stale_rows(now: datetime | None = None) -> list[Any]:
+def stale_rows(now: datetime | None = None) -> tuple[QuerySet[SprayMark], QuerySet[KnownPair]]:
     """What can go without changing any lane (``pruneaudit``): spray marks of past windows
     and known pairs past their TTL."""
     now = now or timezone.now()
     current = policy()
     window = int(now.timestamp()) // current.spray_window
-    return [
+    return (
         SprayMark.objects.filter(window__lt=window - 1),
         KnownPair.objects.filter(last_success_at__lt=now - current.known_pair_ttl),
-    ]
+    )

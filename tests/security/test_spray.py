@@ -452,3 +452,25 @@ def test_the_lane_of_a_known_pair_is_decided_without_the_password(
     assert clients.attempt(ALICE, WRONG, source=OWNER) == INVALID
     assert priority("verifications") == before + 1
     assert KnownPair.objects.get().failures == 1
+
+
+def test_pruneaudit_drops_spent_spray_marks_and_expired_pairs(db):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from kumosubmit.credentials.models import SmtpLogin, SprayMark
+
+    now = timezone.now()
+    window = int(now.timestamp()) // lanes.policy().spray_window
+    for n, at in enumerate((window - 5, window - 2, window - 1, window)):
+        SprayMark.objects.create(scope="unknown", window=at, address=f"192.0.2.{n}")
+    login = SmtpLogin.objects.create(username=ALICE, password_hash="x")
+    ttl = lanes.policy().known_pair_ttl
+    KnownPair.objects.create(login=login, network="192.0.2.0/24", last_success_at=now - 2 * ttl)
+    KnownPair.objects.create(login=login, network="198.51.100.0/24", last_success_at=now)
+    out = StringIO()
+    call_command("pruneaudit", stdout=out)
+    assert "Deleted 2 spray mark(s) and 1 expired known pair(s)." in out.getvalue()
+    assert sorted(SprayMark.objects.values_list("window", flat=True)) == [window - 1, window]
+    assert list(KnownPair.objects.values_list("network", flat=True)) == ["198.51.100.0/24"]
