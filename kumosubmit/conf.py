@@ -157,13 +157,14 @@ DEFAULTS: dict[str, Any] = {
         # its next good AUTH).
         "KNOWN_MAX_FAILURES": 3,
         # Attempts that may wait in the bounded lane of one process; more get 454 at once.
-        "QUEUE": 8,
+        # (A waiting attacker costs nothing but a socket; one refused comes back at once.)
+        "QUEUE": 32,
         # Seconds an attempt may wait there for its verification to start; then it gets
         # 454, unverified (at most HOOK_TIMEOUT less a second).
         "MAX_WAIT": 5.0,
         # While a spray is seen: the bounded lane's length, and seconds every failure in it
         # waits before its 535 (besides BRUTE_FORCE's delay).
-        "SPRAY_QUEUE": 2,
+        "SPRAY_QUEUE": 4,
         "SPRAY_DELAY": 5.0,
         # A spray: in one SPRAY_WINDOW seconds, one login fails from SPRAY_LOGIN_ADDRESSES
         # addresses, or names that are no login fail from SPRAY_UNKNOWN_ADDRESSES addresses
