@@ -474,3 +474,33 @@ def test_pruneaudit_drops_spent_spray_marks_and_expired_pairs(db):
     assert "Deleted 2 spray mark(s) and 1 expired known pair(s)." in out.getvalue()
     assert sorted(SprayMark.objects.values_list("window", flat=True)) == [window - 1, window]
     assert list(KnownPair.objects.values_list("network", flat=True)) == ["198.51.100.0/24"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"QUEUE": 0},
+        {"SPRAY_QUEUE": 64},
+        {"MAX_WAIT": -1},
+        {"IPV4_PREFIX": 33},
+        {"IPV6_PREFIX": 8},
+        {"SPRAY_WINDOW": 0},
+        {"ENABLED": "yes"},
+        {"SPRAY_DELAY": 1000},
+        {"NO_SUCH_KEY": 1},
+    ],
+)
+def test_check_refuses_bad_lane_settings(settings, values):
+    from django.core.checks import run_checks
+
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "AUTH_LANES": values}
+    assert "kumosubmit.E050" in [message.id for message in run_checks()]
+
+
+def test_check_accepts_the_defaults_and_a_partial_dict(settings):
+    from django.core.checks import run_checks
+
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "AUTH_LANES": {"QUEUE": 64}}
+    assert "kumosubmit.E050" not in [message.id for message in run_checks()]
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "ARGON2_PRIORITY_NICENESS": 20}
+    assert "kumosubmit.E011" in [message.id for message in run_checks()]
