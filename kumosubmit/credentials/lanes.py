@@ -291,6 +291,7 @@ def record_bounded_failure(
         kind, login, threshold = SprayEvent.Scope.UNKNOWN, "", policy.spray_unknown_addresses
         scope = UNKNOWN_SCOPE
     window = int(now.timestamp()) // policy.spray_window
+    _forget_old_marks(window)
     marks = SprayMark.objects.filter(scope=scope, window=window)
     if marks.filter(address=address_key).exists():
         return None  # this address is counted already in this window
@@ -312,6 +313,21 @@ def record_bounded_failure(
             scope=kind, login=login[:255], started_at=now, last_seen_at=now, addresses=count
         )
     return Spray(kind, login, count, new=True)
+
+
+#: The window whose older marks this process last deleted.
+_pruned_window = 0
+
+
+def _forget_old_marks(window: int) -> None:
+    """Once per window and process, delete the marks of windows before the previous one:
+    a botnet of thousands of addresses would leave thousands of rows a minute."""
+    global _pruned_window
+    if window <= _pruned_window:
+        return
+    _pruned_window = window
+    with sqlite_turn():
+        SprayMark.objects.filter(window__lt=window - 1).delete()
 
 
 async def record_failure(policy: Policy, standing: Standing, address: str | None) -> Spray | None:
