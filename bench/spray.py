@@ -223,6 +223,8 @@ def lane_figures(metrics_url: str) -> dict[str, float]:
             lane = sample.labels.get("lane")
             if sample.name == "kumosubmit_auth_lane_wait_seconds_count":
                 figures[f"{lane}_jobs"] += sample.value
+            elif sample.name == "kumosubmit_auth_lane_wait_seconds_sum":
+                figures[f"{lane}_wait_seconds"] += sample.value
             elif sample.name == "kumosubmit_auth_lane_refusals_total":
                 figures[f"{lane}_refused"] += sample.value
             elif sample.name == "kumosubmit_argon2_seconds_sum":
@@ -285,10 +287,20 @@ def scenario(
         "seconds": round(elapsed, 1),
     }
     if metrics_url:
-        result["lanes"] = {
-            key: round((lanes_after.get(key, 0) - lanes_before.get(key, 0)) / elapsed, 2)
+        moved = {
+            key: lanes_after.get(key, 0) - lanes_before.get(key, 0)
             for key in sorted(set(lanes_after) | set(lanes_before))
         }
+        result["lanes"] = {
+            key: round(value / elapsed, 2)
+            for key, value in moved.items()
+            if not key.endswith("_wait_seconds")
+        }
+        for lane in ("priority", "bounded"):
+            jobs = moved.get(f"{lane}_jobs", 0)
+            if jobs:
+                wait = moved.get(f"{lane}_wait_seconds", 0) / jobs
+                result["lanes"][f"{lane}_mean_wait_ms"] = round(wait * 1000, 1)
     print("   ", json.dumps(result), flush=True)
     return result
 
