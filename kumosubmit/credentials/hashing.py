@@ -5,6 +5,12 @@ the format Dovecot, Postfix tooling and argon2 CLIs share. argon2 releases the
 GIL, so a thread pool sized to the cores runs verifications truly in parallel
 while the event loop keeps serving other sessions.
 
+The pool has two lanes (:class:`_Pool`): the priority lane, for the AUTH attempts of
+a known login and network, served first and by threads of its own; and the bounded
+lane, for every other attempt, whose queue length and wait the policy layer bounds
+(:func:`admit`; kumosubmit/policy/lanes.py decides the lane, before any password is
+looked at). Work outside an admitted attempt runs in the priority lane.
+
 Logins imported from Dovecot (``importsmtpusers``) keep their old hash until
 their first good login, which replaces it with argon2id. argon2i/argon2id PHC
 strings are stored as they are (argon2-cffi verifies both); the crypt schemes
