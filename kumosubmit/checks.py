@@ -236,6 +236,17 @@ def _check_auth_lanes() -> list[Error | Warning]:
         return errors
     if values["SPRAY_QUEUE"] > values["QUEUE"]:
         errors.append(error("['SPRAY_QUEUE'] is above ['QUEUE']: a spray would loosen the lane."))
+    hook_timeout = app_settings.HOOK_TIMEOUT
+    if _is_number(hook_timeout) and values["MAX_WAIT"] >= hook_timeout:
+        errors.append(
+            Warning(
+                f"KUMOSUBMIT['AUTH_LANES']['MAX_WAIT'] ({values['MAX_WAIT']} s) is not below "
+                f"HOOK_TIMEOUT ({hook_timeout} s): a long wait in the bounded lane is cut by "
+                "the hook's time limit, and logged as a failing hook.",
+                hint="Lower MAX_WAIT, or raise HOOK_TIMEOUT.",
+                id="kumosubmit.W050",
+            )
+        )
     idle = app_settings.IDLE_TIMEOUT
     if _is_number(idle) and values["SPRAY_DELAY"] >= idle:
         # The idle timer runs while a failure is being delayed: the client would be cut off.

@@ -160,7 +160,7 @@ DEFAULTS: dict[str, Any] = {
         # (A waiting attacker costs nothing but a socket; one refused comes back at once.)
         "QUEUE": 32,
         # Seconds an attempt may wait there for its verification to start; then it gets
-        # 454, unverified (at most HOOK_TIMEOUT less a second).
+        # 454, unverified (keep it below HOOK_TIMEOUT, whose 454 is logged as an error).
         "MAX_WAIT": 5.0,
         # While a spray is seen: the bounded lane's length, and seconds every failure in it
         # waits before its 535 (besides BRUTE_FORCE's delay).

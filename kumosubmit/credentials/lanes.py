@@ -102,9 +102,6 @@ def settings_dict() -> dict[str, Any]:
 
 def policy() -> Policy:
     values = settings_dict()
-    max_wait = float(values["MAX_WAIT"])
-    if app_settings.HOOK_TIMEOUT is not None:  # a wait cut by the hook's time limit is a 454 too
-        max_wait = min(max_wait, max(0.0, float(app_settings.HOOK_TIMEOUT) - 1.0))
     return Policy(
         enabled=bool(values["ENABLED"]),
         known_pair_ttl=timedelta(seconds=values["KNOWN_PAIR_TTL"]),
@@ -112,7 +109,7 @@ def policy() -> Policy:
         ipv6_prefix=int(values["IPV6_PREFIX"]),
         known_max_failures=int(values["KNOWN_MAX_FAILURES"]),
         queue=int(values["QUEUE"]),
-        max_wait=max_wait,
+        max_wait=float(values["MAX_WAIT"]),
         spray_queue=int(values["SPRAY_QUEUE"]),
         spray_delay=float(values["SPRAY_DELAY"]),
         spray_window=max(1, int(values["SPRAY_WINDOW"])),

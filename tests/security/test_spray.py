@@ -504,3 +504,12 @@ def test_check_accepts_the_defaults_and_a_partial_dict(settings):
     assert "kumosubmit.E050" not in [message.id for message in run_checks()]
     settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "ARGON2_PRIORITY_NICENESS": 20}
     assert "kumosubmit.E011" in [message.id for message in run_checks()]
+
+
+def test_check_warns_of_a_wait_the_hook_timeout_would_cut(settings):
+    from django.core.checks import run_checks
+
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "HOOK_TIMEOUT": 3}
+    assert "kumosubmit.W050" in [message.id for message in run_checks()]
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "AUTH_LANES": {"MAX_WAIT": 2}}
+    assert "kumosubmit.W050" not in [message.id for message in run_checks()]
