@@ -279,6 +279,10 @@ def scenario(
         "before": before,
         "before_failures": before_failures,
         "during": loadgen.percentiles(during.times),
+        "samples_ms": {
+            "before": [round(t * 1000, 1) for t in legit.times],
+            "during": [round(t * 1000, 1) for t in during.times],
+        },
         "legit_ok": len(during.times),
         "legit_attempts": during.attempts,
         "legit_failures": dict(during.failures),
@@ -416,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             stopped = kumo.stop()
             print("kumosubmit at shutdown:", json.dumps(stopped), flush=True)
             text = kumo.log_text()
+            if os.environ.get("SPRAY_KEEP_LOG"):
+                Path(os.environ["SPRAY_KEEP_LOG"]).write_text(text)
             if "Traceback" in text:
                 at = text.index("Traceback")
                 print("first traceback in runsmtpd's log:\n" + text[max(0, at - 300) : at + 2500])
