@@ -63,7 +63,7 @@ async def auth_plain(
     bounded = lane == lanes.BOUNDED and not dry_run
 
     def expired() -> Reject:
-        log.info(
+        log.debug(
             "conn %s: AUTH for %r refused: not verified within %.1f s in the %s lane",
             conn_meta["conn_id"],
             authc,
@@ -79,8 +79,10 @@ async def auth_plain(
         lane, limit, max_wait=policy.max_wait if bounded else None, expired=expired
     )
     if ticket is None:
+        # Debug only: in a spray there are hundreds a second; the metrics count them, the
+        # audit row has each (outcome "busy"), and the spray itself is logged as a warning.
         metrics.lane_refused(lane)
-        log.info(
+        log.debug(
             "conn %s: AUTH for %r refused: the %s lane is full (%d waiting%s)",
             conn_meta["conn_id"],
             authc,
