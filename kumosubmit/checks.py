@@ -37,6 +37,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warni
     errors += _check_brute_force()
     errors += _check_brute_force("WEB_BRUTE_FORCE", "kumosubmit.E070") + _check_web()
     errors += _check_second_factor() + _check_notices()
+    errors += _check_auth_lanes()
     errors += _check_metrics()
     return errors
 
@@ -319,6 +320,65 @@ def _check_brute_force(
     return errors
 
 
+def _check_auth_lanes() -> list[Error | Warning]:
+    """KUMOSUBMIT["AUTH_LANES"]: known keys, sane numbers (read by credentials/lanes.py)."""
+    user = app_settings.AUTH_LANES
+
+    def error(message: str) -> Error:
+        return Error(
+            f"KUMOSUBMIT['AUTH_LANES'] {message}",
+            hint="See the defaults in kumosubmit/conf.py and docs/security.md.",
+            id="kumosubmit.E080",
+        )
+
+    if not isinstance(user, dict):
+        return [error("must be a dict.")]
+    defaults = DEFAULTS["AUTH_LANES"]
+    errors = [error(f"has an unknown key {key!r}.") for key in sorted(set(user) - set(defaults))]
+    values = {**defaults, **user}
+    if not isinstance(values["ENABLED"], bool):
+        errors.append(error("['ENABLED'] must be True or False."))
+    for key in ("KNOWN_PAIR_TTL", "SPRAY_WINDOW", "SPRAY_HOLD"):
+        if not _is_number(values[key]) or not 0 < values[key] <= 10 * 365 * 86400:
+            errors.append(error(f"[{key!r}] must be a number of seconds above 0."))
+    for key in ("MAX_WAIT", "SPRAY_DELAY"):
+        if not _is_number(values[key]) or values[key] < 0:
+            errors.append(error(f"[{key!r}] must be a number of seconds, 0 or more."))
+    for key in (
+        "QUEUE",
+        "SPRAY_QUEUE",
+        "KNOWN_MAX_FAILURES",
+        "SPRAY_LOGIN_ADDRESSES",
+        "SPRAY_UNKNOWN_ADDRESSES",
+    ):
+        if not _is_whole(values[key], 1, 2**31 - 1):
+            errors.append(error(f"[{key!r}] must be a whole number above 0."))
+    if not _is_whole(values["IPV4_PREFIX"], 8, 32):
+        errors.append(error("['IPV4_PREFIX'] must be a prefix length from 8 to 32."))
+    if not _is_whole(values["IPV6_PREFIX"], 32, 128):
+        errors.append(error("['IPV6_PREFIX'] must be a prefix length from 32 to 128."))
+    if errors:
+        return errors
+    if values["SPRAY_QUEUE"] > values["QUEUE"]:
+        errors.append(error("['SPRAY_QUEUE'] is above ['QUEUE']: a spray would loosen the lane."))
+    hook_timeout = app_settings.HOOK_TIMEOUT
+    if _is_number(hook_timeout) and values["MAX_WAIT"] >= hook_timeout:
+        errors.append(
+            Warning(
+                f"KUMOSUBMIT['AUTH_LANES']['MAX_WAIT'] ({values['MAX_WAIT']} s) is not below "
+                f"HOOK_TIMEOUT ({hook_timeout} s): a long wait in the bounded lane is cut by "
+                "the hook's time limit, and logged as a failing hook.",
+                hint="Lower MAX_WAIT, or raise HOOK_TIMEOUT.",
+                id="kumosubmit.W080",
+            )
+        )
+    idle = app_settings.IDLE_TIMEOUT
+    if _is_number(idle) and values["SPRAY_DELAY"] >= idle:
+        # The idle timer runs while a failure is being delayed: the client would be cut off.
+        errors.append(error(f"['SPRAY_DELAY'] must be below IDLE_TIMEOUT ({idle} s)."))
+    return errors
+
+
 _POSITIVE = (
     "PROXY_TIMEOUT",
     "AUTH_CACHE_SIZE",
@@ -359,11 +419,21 @@ def _check_numbers() -> list[Error | Warning]:
                     id="kumosubmit.E011",
                 )
             )
-    niceness = app_settings.ARGON2_NICENESS
-    if not _is_whole(niceness, 0, 19):
+    for key in ("ARGON2_NICENESS", "ARGON2_PRIORITY_NICENESS"):
+        niceness = getattr(app_settings, key)
+        if not _is_whole(niceness, 0, 19):
+            errors.append(
+                Error(
+                    f"KUMOSUBMIT[{key!r}] must be a whole number 0-19, not {niceness!r}.",
+                    id="kumosubmit.E011",
+                )
+            )
+    threads = app_settings.ARGON2_PRIORITY_THREADS
+    if not _is_whole(threads, 0, 64):
         errors.append(
             Error(
-                f"KUMOSUBMIT['ARGON2_NICENESS'] must be a whole number 0-19, not {niceness!r}.",
+                f"KUMOSUBMIT['ARGON2_PRIORITY_THREADS'] must be a whole number 0-64, not "
+                f"{threads!r}.",
                 id="kumosubmit.E011",
             )
         )

@@ -66,6 +66,13 @@ DEFAULTS: dict[str, Any] = {
     "ARGON2_SCHED_IDLE": True,
     # Threads that run argon2 (each verify may itself use `parallelism` lanes).
     "ARGON2_THREADS": None,  # None: the CPUs shared out among runsmtpd's workers (at least 1)
+    # Threads per process, beside those, that run only the priority lane's verifications
+    # (known login and network pairs, AUTH_LANES), not under SCHED_IDLE: a known user's
+    # AUTH starts at once while the other lane is busy. Each keeps memory_cost KiB too.
+    "ARGON2_PRIORITY_THREADS": 1,
+    # Their nice increment (0-19): 0 lets a known user's verification take its share of
+    # the cores from whatever else runs, the sessions of a spray's connections included.
+    "ARGON2_PRIORITY_NICENESS": 0,
     # Each argon2 thread keeps its verification memory (memory_cost KiB) for the next one
     # instead of mapping and faulting it in anew: about a fifth more verifications per
     # second (kumosubmit/credentials/argon2_memory.py). False: argon2-cffi's own verify.
@@ -188,6 +195,39 @@ DEFAULTS: dict[str, Any] = {
         # The pages' address, e.g. "https://mail.example.com", for the links in notices
         # that no web request caused (new address, block). None: links from the request.
         "SITE_URL": None,
+    },
+    # The legitimate user first (kumosubmit/credentials/lanes.py, docs/security.md): an AUTH
+    # from a network where its login succeeded lately takes the argon2 pool's priority lane;
+    # every other one a bounded lane (454 4.7.0 at once when full). A spray from many
+    # addresses tightens the bounded lane site-wide. Counted in the database, as BRUTE_FORCE.
+    "AUTH_LANES": {
+        "ENABLED": True,
+        # Seconds a good AUTH keeps its login and network known (30 days).
+        "KNOWN_PAIR_TTL": 30 * 86400,
+        # The network of a client: IPv4 /24, IPv6 /IPV6_PREFIX.
+        "IPV4_PREFIX": 24,
+        "IPV6_PREFIX": 64,
+        # Wrong passwords from a known network before the pair loses its priority (until
+        # its next good AUTH).
+        "KNOWN_MAX_FAILURES": 3,
+        # Attempts that may wait in the bounded lane of one process; more get 454 at once.
+        # (A waiting attacker costs nothing but a socket; one refused comes back at once.)
+        "QUEUE": 32,
+        # Seconds an attempt may wait there for its verification to start; then it gets
+        # 454, unverified (keep it below HOOK_TIMEOUT, whose 454 is logged as an error).
+        "MAX_WAIT": 5.0,
+        # While a spray is seen: the bounded lane's length, and seconds every failure in it
+        # waits before its 535 (besides BRUTE_FORCE's delay).
+        "SPRAY_QUEUE": 4,
+        "SPRAY_DELAY": 5.0,
+        # A spray: in one SPRAY_WINDOW seconds, one login fails from SPRAY_LOGIN_ADDRESSES
+        # addresses, or names that are no login fail from SPRAY_UNKNOWN_ADDRESSES addresses
+        # (only failures in the bounded lane count).
+        "SPRAY_WINDOW": 60,
+        "SPRAY_LOGIN_ADDRESSES": 10,
+        "SPRAY_UNKNOWN_ADDRESSES": 20,
+        # Seconds the lane stays tightened after the spray was last seen.
+        "SPRAY_HOLD": 120,
     },
     # -- sender policy -------------------------------------------------------------
     # After AUTH, MAIL FROM must be an address the login may send as (553 5.7.1 if not).

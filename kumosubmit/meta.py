@@ -33,6 +33,7 @@ AUTH_FAILURE = "failure"
 AUTH_ERROR = "error"  # a handler raised or returned nonsense: 454, never an accept
 AUTH_ABORTED = "aborted"  # malformed or cancelled exchange: 501
 AUTH_BLOCKED = "blocked"  # refused by a brute-force block before any password check
+AUTH_BUSY = "busy"  # refused (454) before any password check: its argon2 lane was full
 
 
 def check_json(key: str, value: Any) -> None:
@@ -142,18 +143,26 @@ class ConnectionMeta(JsonMeta):
         self["tls_version"] = self["tls_protocol_version"] = version
         self["tls_cipher"] = cipher
 
+    def note_auth_lane(self, lane: str) -> None:
+        """The argon2 lane the current AUTH attempt took (kumosubmit/policy/lanes.py): kept
+        in the attempt's record and as ``auth_lane``, the lane of the latest attempt."""
+        self.cache["auth_lane"] = lane
+        self["auth_lane"] = lane
+
     def record_auth(self, mechanism: str, authz: str, authc: str, outcome: str) -> None:
         """Note one AUTH attempt (never its password); on success, the identities."""
         metrics.auth_attempt(mechanism, outcome)
-        self["auth_attempts"].append(
-            {
-                "mechanism": mechanism,
-                "authc": authc,
-                "authz": authz,
-                "outcome": outcome,
-                "at": timezone.now().isoformat(),
-            }
-        )
+        attempt = {
+            "mechanism": mechanism,
+            "authc": authc,
+            "authz": authz,
+            "outcome": outcome,
+            "at": timezone.now().isoformat(),
+        }
+        lane = self.cache.pop("auth_lane", None)
+        if lane is not None:
+            attempt["lane"] = lane
+        self["auth_attempts"].append(attempt)
         if outcome == AUTH_SUCCESS:
             self["authz_id"] = authz
             self["authn_id"] = authc

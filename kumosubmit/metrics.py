@@ -33,6 +33,11 @@ DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 #: Seconds; argon2-cffi's default parameters take tens of milliseconds per verification.
 ARGON2_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+#: Seconds an AUTH attempt waits in its argon2 lane, from admission to its verification's start.
+LANE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The argon2 pool's lanes (kumosubmit.credentials.hashing.LANES).
+AUTH_LANES = ("priority", "bounded")
+
 #: The listener kinds a connection is counted under.
 LISTENERS = ("starttls", "implicit-tls", "proxy")
 
@@ -51,6 +56,10 @@ class _Metrics:
     db_seconds: Any
     db_errors: Any
     worker_restarts: Any
+    lane_queue: Any
+    lane_wait: Any
+    lane_refusals: Any
+    spray_active: Any
 
 
 _m: _Metrics | None = None
@@ -162,6 +171,29 @@ def _make() -> _Metrics:
         worker_restarts=Counter(
             "kumosubmit_worker_restarts", "Worker processes that died and were restarted."
         ),
+        lane_queue=Gauge(
+            "kumosubmit_auth_lane_queue",
+            "AUTH attempts admitted to an argon2 lane whose verification has not started.",
+            ["lane"],
+            multiprocess_mode="livesum",
+        ),
+        lane_wait=Histogram(
+            "kumosubmit_auth_lane_wait_seconds",
+            "Time from an AUTH attempt's admission to its lane until its argon2 job started "
+            "(argon2 jobs without an attempt: from submission).",
+            ["lane"],
+            buckets=LANE_WAIT_BUCKETS,
+        ),
+        lane_refusals=Counter(
+            "kumosubmit_auth_lane_refusals",
+            "AUTH attempts answered 454 at once because their lane's queue was full.",
+            ["lane"],
+        ),
+        spray_active=Gauge(
+            "kumosubmit_auth_spray_active",
+            "1 while a password spray is seen (the bounded lane is tightened site-wide).",
+            multiprocess_mode="livemax",
+        ),
     )
     # Series that exist from the start, so a rate() has a zero to start from.
     for listener in LISTENERS:
@@ -169,6 +201,10 @@ def _make() -> _Metrics:
         m.connections_open.labels(listener)
     for state in ("waiting", "running"):
         m.argon2_jobs.labels(state)
+    for lane in AUTH_LANES:
+        m.lane_queue.labels(lane)
+        m.lane_wait.labels(lane)
+        m.lane_refusals.labels(lane)
     return m
 
 
@@ -230,6 +266,29 @@ def operation_name(func: Callable[..., Any]) -> str:
     if owner is not None and not isinstance(owner, type):
         return f"{type(owner).__name__}.{name}"
     return str(getattr(func, "__qualname__", name))
+
+
+def lane_queue(lane: str, queued: int) -> None:
+    """``queued`` attempts now wait in ``lane`` of this process's argon2 pool."""
+    if _m is not None:
+        _m.lane_queue.labels(lane).set(queued)
+
+
+def lane_started(lane: str, waited: float, queued: int) -> None:
+    """A job of ``lane`` started after ``waited`` seconds; ``queued`` attempts still wait."""
+    if _m is not None:
+        _m.lane_wait.labels(lane).observe(waited)
+        _m.lane_queue.labels(lane).set(queued)
+
+
+def lane_refused(lane: str) -> None:
+    if _m is not None:
+        _m.lane_refusals.labels(lane).inc()
+
+
+def spray_active(active: bool) -> None:
+    if _m is not None:
+        _m.spray_active.set(1 if active else 0)
 
 
 def worker_restarted() -> None:

@@ -6,7 +6,10 @@ from kumosubmit.credentials.models import (
     AppPassword,
     AuthFailureCounter,
     AuthorizedIdentity,
+    KnownPair,
     SmtpLogin,
+    SprayEvent,
+    SprayMark,
 )
 from kumosubmit.oauth.models import SmtpToken
 from kumosubmit.spool.models import Message
@@ -18,9 +21,12 @@ __all__ = [
     "AuthFailureCounter",
     "AuthorizedIdentity",
     "ConnectionRecord",
+    "KnownPair",
     "Message",
     "Passkey",
     "SeenAddress",
     "SmtpLogin",
     "SmtpToken",
+    "SprayEvent",
+    "SprayMark",
 ]

@@ -28,9 +28,13 @@ def test_pool_threads_and_argon2_lanes_run_at_lower_priority(smtp_server, make_l
             ThreadPoolExecutor(1)
             .submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
             .result()
-        )
+        ),
+        lane=hashing.BOUNDED,
     )
     assert seen.result() == expected
+    # The priority lane's reserved threads run at ARGON2_PRIORITY_NICENESS.
+    reserved = min(19, base + DEFAULTS["ARGON2_PRIORITY_NICENESS"])
+    assert set(hashing.pool_thread_niceness(reserved=True)) == {reserved}
 
 
 def test_pool_threads_and_argon2_lanes_run_under_sched_idle(smtp_server, make_login):
@@ -42,9 +46,13 @@ def test_pool_threads_and_argon2_lanes_run_under_sched_idle(smtp_server, make_lo
     assert policies and set(policies) == {os.SCHED_IDLE}
     assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER  # only the pool
     seen = hashing._executor().submit(
-        lambda: ThreadPoolExecutor(1).submit(lambda: os.sched_getscheduler(0)).result()
+        lambda: ThreadPoolExecutor(1).submit(lambda: os.sched_getscheduler(0)).result(),
+        lane=hashing.BOUNDED,
     )
     assert seen.result() == os.SCHED_IDLE  # as argon2's lane threads started from it
+    # The priority lane's reserved threads are not under SCHED_IDLE: a known user's
+    # verification takes the cores from the bounded lane's, in every process.
+    assert set(hashing.pool_thread_policies(reserved=True)) == {os.SCHED_OTHER}
 
 
 def test_workers_share_the_cores_out(settings):

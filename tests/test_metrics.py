@@ -229,14 +229,17 @@ def test_one_process_counts_a_session_and_reports_health(
         assert moved(before, after, "kumosubmit_argon2_seconds_count", operation="verify") == 2
         assert value(after, "kumosubmit_argon2_jobs", state="waiting") == 0
         assert value(after, "kumosubmit_argon2_jobs", state="running") == 0
-        # run_db work, by operation: each AUTH checks the failure counters and looks the
-        # login up; the failure is counted, the success recorded; the first MAIL FROM
-        # reads the sender policy; the message is stored.
+        # run_db work, by operation: each AUTH checks the failure counters and its lane
+        # (one trip) and looks the login up; the failure is counted, and its address
+        # marked for spray detection; the success recorded, and its login and network
+        # become known; the first MAIL FROM reads the sender policy; the message is stored.
         db_calls = {
-            "_standing": 2,
+            "throttle_and_lane": 2,
             "_find": 2,
             "_record_failure": 1,
+            "record_bounded_failure": 1,
             "_record_use": 1,
+            "record_success": 1,
             "load_policy": 1,
             "store_waiting": 1,
         }
@@ -256,6 +259,10 @@ def test_one_process_counts_a_session_and_reports_health(
             again = scrape(base)
             assert moved(after, again, "kumosubmit_db_seconds_count", operation="_find") == 1
             assert moved(after, again, "kumosubmit_db_seconds_count", operation="_record_use") == 0
+            # Known now, and lately: nothing to write for the pair either.
+            assert (
+                moved(after, again, "kumosubmit_db_seconds_count", operation="record_success") == 0
+            )
             client.mail(ALICE)
             process.signal(signal.SIGTERM)
             process.wait_for("Shutting down")

@@ -39,6 +39,7 @@ EXPORT_FIELDS = (
     "authc",
     "authz",
     "auth_outcome",
+    "auth_lane",
     "auth_attempts",
     "messages_accepted",
     "bytes_accepted",
@@ -144,11 +145,12 @@ class ConnectionRecordAdmin(ReadOnlyAdmin):
         "ehlo_name",
         "authc",
         "auth_outcome",
+        "auth_lane",
         "auth_attempts",
         "messages_accepted",
         "bytes_accepted",
     )
-    list_filter = ("auth_outcome", "listener", "started_at")
+    list_filter = ("auth_outcome", "auth_lane", "listener", "started_at")
     date_hierarchy = "started_at"
     # Django casts an inet column with HOST() for icontains on PostgreSQL, so
     # partial addresses match there as they do on SQLite's text column.

@@ -27,6 +27,7 @@ class AuthOutcome(models.TextChoices):
     ERROR = "error", _("error")
     ABORTED = "aborted", _("aborted")
     BLOCKED = "blocked", _("blocked")
+    BUSY = "busy", _("busy (lane full)")
 
 
 class ConnectionRecord(models.Model):
@@ -49,6 +50,9 @@ class ConnectionRecord(models.Model):
     auth_outcome = models.CharField(
         _("AUTH outcome"), max_length=8, choices=AuthOutcome.choices, db_index=True
     )
+    # The argon2 lane of the last AUTH attempt (kumosubmit/policy/lanes.py): "priority" for
+    # a known login and network, "bounded" for the rest; blank when no lane was taken.
+    auth_lane = models.CharField(_("AUTH lane"), max_length=8, blank=True, default="")
     auth_attempts = models.PositiveIntegerField(_("AUTH attempts"), default=0)
     messages_accepted = models.PositiveIntegerField(_("messages accepted"), default=0)
     bytes_accepted = models.PositiveBigIntegerField(_("bytes accepted"), default=0)

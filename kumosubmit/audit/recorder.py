@@ -49,6 +49,7 @@ def record_for(meta: ConnectionMeta) -> ConnectionRecord:
         authc=(last.get("authc") or "")[:255],
         authz=(last.get("authz") or "")[:255],
         auth_outcome=last.get("outcome", AuthOutcome.NONE),
+        auth_lane=str(last.get("lane") or "")[:8],
         auth_attempts=len(data["auth_attempts"]),
         messages_accepted=data["messages_accepted"],
         bytes_accepted=data["bytes_accepted"],

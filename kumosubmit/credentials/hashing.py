@@ -5,6 +5,12 @@ the format Dovecot, Postfix tooling and argon2 CLIs share. argon2 releases the
 GIL, so a thread pool sized to the cores runs verifications truly in parallel
 while the event loop keeps serving other sessions.
 
+The pool has two lanes (:class:`_Pool`): the priority lane, for the AUTH attempts of
+a known login and network, served first and by threads of its own; and the bounded
+lane, for every other attempt, whose queue length and wait the policy layer bounds
+(:func:`admit`; kumosubmit/policy/lanes.py decides the lane, before any password is
+looked at). Work outside an admitted attempt runs in the priority lane.
+
 Logins imported from Dovecot (``importsmtpusers``) keep their old hash until
 their first good login, which replaces it with argon2id. argon2i/argon2id PHC
 strings are stored as they are (argon2-cffi verifies both); the crypt schemes
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import os
 import re
@@ -27,7 +34,8 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import argon2
@@ -83,14 +91,261 @@ def pool_size() -> int:
     return max(1, (os.cpu_count() or 1) // _processes)
 
 
+#: The lanes of the argon2 pool (kumosubmit/policy/lanes.py decides which an AUTH takes).
+#: PRIORITY: pairs of login and network seen to succeed; never refused, served first.
+PRIORITY = "priority"
+#: BOUNDED: everything else; a queue of bounded length, served when no priority job waits.
+BOUNDED = "bounded"
+LANES = (PRIORITY, BOUNDED)
+
+
+@dataclass
+class Ticket:
+    """A place in one lane's queue, taken before the password is looked at (:func:`admit`).
+
+    It counts towards the lane's queue length from :func:`admit` until its first job
+    starts in a thread (or until :func:`leave`, if no job ever ran): an attempt that
+    is still reading its login from the database holds its place, so a full lane is
+    refused before any work is done. Later jobs of the same attempt (a rehash after a
+    good password) run in the same lane without counting again.
+    """
+
+    lane: str
+    #: Seconds the attempt may wait for its first job to start; then ``expired()`` is
+    #: raised instead, and the job never runs (None: it waits as long as it takes).
+    max_wait: float | None = None
+    expired: Callable[[], BaseException] | None = None
+    admitted_at: float = field(default_factory=time.monotonic)
+    held: bool = True
+    closed: bool = False
+
+
+#: The ticket of the AUTH attempt this task is working on (set by the lanes policy).
+_ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
+    "kumosubmit_argon2_ticket", default=None
+)
+
+
+class _Pool:
+    """The bounded argon2 pool: a priority lane and a bounded lane, served by threads.
+
+    ``shared`` threads take a priority job first, a bounded-lane job otherwise; they
+    run at the configured niceness and under SCHED_IDLE. ``reserved`` threads take
+    priority jobs only, at ``ARGON2_PRIORITY_NICENESS`` and not under SCHED_IDLE, so a
+    known user's verification starts at once however long the bounded lane is, and
+    takes the cores from the bounded lane's verifications (SCHED_IDLE threads get the
+    CPU only when nothing else wants it, in every process on the host), and from the
+    work the attackers' connections cause, not the other way round. A priority job
+    goes to an idle reserved thread when there is one.
+    """
+
+    def __init__(
+        self, shared: int, reserved: int, niceness: int, idle: bool, reserved_niceness: int = 0
+    ) -> None:
+        self._lock = threading.Lock()
+        self._shared_wake = threading.Condition(self._lock)
+        self._reserved_wake = threading.Condition(self._lock)
+        self._queues: dict[str, collections.deque[_Job]] = {
+            lane: collections.deque() for lane in LANES
+        }
+        #: Tickets admitted whose first job has not started, per lane: the queue length.
+        self._held = dict.fromkeys(LANES, 0)
+        self._idle_reserved = 0
+        self.refused = dict.fromkeys(LANES, 0)
+        self.started = dict.fromkeys(LANES, 0)
+        self.verifications = dict.fromkeys(LANES, 0)
+        self._threads = [
+            threading.Thread(
+                target=self._serve,
+                args=(False, niceness, idle),
+                name=f"kumosubmit-argon2_{n}",
+                daemon=True,
+            )
+            for n in range(shared)
+        ] + [
+            threading.Thread(
+                target=self._serve,
+                args=(True, reserved_niceness, False),
+                name=f"kumosubmit-argon2-priority_{n}",
+                daemon=True,
+            )
+            for n in range(reserved)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- the event loop's side ----------------------------------------------------------
+
+    def admit(
+        self,
+        lane: str,
+        limit: int | None,
+        max_wait: float | None = None,
+        expired: Callable[[], BaseException] | None = None,
+    ) -> Ticket | None:
+        """A place in ``lane``'s queue, or None when ``limit`` places are taken."""
+        with self._lock:
+            if limit is not None and self._held[lane] >= limit:
+                self.refused[lane] += 1
+                return None
+            self._held[lane] += 1
+            queued = self._held[lane]
+        metrics.lane_queue(lane, queued)
+        return Ticket(lane, max_wait, expired)
+
+    def expire(self, ticket: Ticket) -> None:
+        """An attempt that waited too long is refused: counted as its lane's refusal."""
+        with self._lock:
+            self.refused[ticket.lane] += 1
+
+    def leave(self, ticket: Ticket) -> None:
+        """The attempt is over: a place it still holds (no job of it ran) is given back."""
+        with self._lock:
+            ticket.closed = True
+            if not ticket.held:
+                return
+            ticket.held = False
+            self._held[ticket.lane] -= 1
+            queued = self._held[ticket.lane]
+        metrics.lane_queue(ticket.lane, queued)
+
+    def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        lane: str = PRIORITY,
+        ticket: Ticket | None = None,
+    ) -> Future[Any]:
+        """Run ``func(*args)`` in ``lane`` (``ticket``'s, if given); its future."""
+        job = _Job(func, args, ticket.lane if ticket else lane, ticket)
+        with self._lock:
+            self._queues[job.lane].append(job)
+            if job.lane == PRIORITY and self._idle_reserved:
+                self._reserved_wake.notify()
+            else:
+                self._shared_wake.notify()
+        return job.future
+
+    def queue_lengths(self) -> dict[str, int]:
+        """Per lane, the attempts admitted whose verification has not started."""
+        with self._lock:
+            return dict(self._held)
+
+    # -- the threads' side --------------------------------------------------------------
+
+    def _take(self, reserved: bool) -> _Job:
+        """The next job for this thread (waits for one); called with the lock held."""
+        priority, bounded = self._queues[PRIORITY], self._queues[BOUNDED]
+        while True:
+            if priority and (reserved or not self._idle_reserved):
+                return priority.popleft()
+            if not reserved and bounded:
+                return bounded.popleft()
+            if reserved:
+                self._idle_reserved += 1
+                self._reserved_wake.wait()
+                self._idle_reserved -= 1
+            else:
+                # A reserved thread that was idle may have left a priority job for us
+                # to take once it got busy: look again now and then.
+                self._shared_wake.wait(0.05 if priority else None)
+
+    def _serve(self, reserved: bool, niceness: int, idle: bool) -> None:
+        _lower_priority(niceness, idle)
+        while True:
+            with self._lock:
+                job = self._take(reserved)
+                if not job.future.set_running_or_notify_cancel():
+                    # Cancelled while it waited (its client went away): its place is free.
+                    if job.ticket is not None and job.ticket.held:
+                        job.ticket.held = False
+                        self._held[job.lane] -= 1
+                    continue
+                ticket, waited = job.ticket, time.monotonic() - job.submitted_at
+                if ticket is not None and ticket.held:
+                    ticket.held = False
+                    self._held[ticket.lane] -= 1
+                    waited = time.monotonic() - ticket.admitted_at
+                self.started[job.lane] += 1
+                if getattr(job.func, "func", job.func) is verify:
+                    self.verifications[job.lane] += 1
+                queued = self._held[job.lane]
+            metrics.lane_started(job.lane, waited, queued)
+            try:
+                job.future.set_result(job.func(*job.args))
+            except BaseException as error:  # handed to the waiting session
+                job.future.set_exception(error)
+
+
+@dataclass
+class _Job:
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    lane: str
+    ticket: Ticket | None
+    future: Future[Any] = field(default_factory=Future)
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
 @functools.cache
-def _executor() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(
-        max_workers=pool_size(),
-        thread_name_prefix="kumosubmit-argon2",
-        initializer=_lower_priority,
-        initargs=(app_settings.ARGON2_NICENESS, app_settings.ARGON2_SCHED_IDLE),
+def _executor() -> _Pool:
+    return _Pool(
+        shared=pool_size(),
+        reserved=max(0, int(app_settings.ARGON2_PRIORITY_THREADS)),
+        niceness=app_settings.ARGON2_NICENESS,
+        idle=app_settings.ARGON2_SCHED_IDLE,
+        reserved_niceness=app_settings.ARGON2_PRIORITY_NICENESS,
     )
+
+
+def admit(
+    lane: str,
+    limit: int | None = None,
+    *,
+    max_wait: float | None = None,
+    expired: Callable[[], BaseException] | None = None,
+) -> Ticket | None:
+    """Take a place in ``lane``'s queue for the current AUTH attempt, before any work.
+
+    None when ``limit`` attempts already wait in that lane: refuse the attempt.
+    With ``max_wait``, a verification of the attempt that has not started that many
+    seconds after admission is dropped unstarted, and ``expired()`` is raised in its
+    place (the policy layer gives its refusal). Pass the ticket to :func:`enter`, and to
+    :func:`leave` when the attempt is over.
+    """
+    return _executor().admit(lane, limit, max_wait, expired)
+
+
+def enter(ticket: Ticket) -> None:
+    """The argon2 work of this task (this AUTH attempt) runs in ``ticket``'s lane."""
+    _ticket.set(ticket)
+
+
+def leave(ticket: Ticket) -> None:
+    """The attempt is over: give back its place if it never reached a thread."""
+    _ticket.set(None)
+    _executor().leave(ticket)
+
+
+def current_lane() -> str:
+    """The lane this task's argon2 work goes to (priority outside an admitted attempt)."""
+    ticket = _ticket.get()
+    return ticket.lane if ticket is not None and not ticket.closed else PRIORITY
+
+
+def lane_stats() -> dict[str, dict[str, int]]:
+    """Per lane: attempts waiting now, jobs started, verifications, refusals (this process)."""
+    pool = _executor()
+    queued = pool.queue_lengths()
+    return {
+        lane: {
+            "queued": queued[lane],
+            "started": pool.started[lane],
+            "verifications": pool.verifications[lane],
+            "refused": pool.refused[lane],
+        }
+        for lane in LANES
+    }
 
 
 def _lower_priority(increment: int, idle: bool) -> None:
@@ -115,23 +370,24 @@ def _lower_priority(increment: int, idle: bool) -> None:
         pass
 
 
-def _pool_thread_ids() -> list[int]:
-    """The native ids of the argon2 pool threads started so far."""
+def _pool_thread_ids(reserved: bool = False) -> list[int]:
+    """The native ids of the argon2 pool's shared (or ``reserved``) threads started so far."""
+    prefix = "kumosubmit-argon2-priority_" if reserved else "kumosubmit-argon2_"
     return [
         thread.native_id
         for thread in threading.enumerate()
-        if thread.name.startswith("kumosubmit-argon2") and thread.native_id is not None
+        if thread.name.startswith(prefix) and thread.native_id is not None
     ]
 
 
-def pool_thread_policies() -> list[int]:
-    """The scheduling policy of each argon2 pool thread started so far (``os.SCHED_*``)."""
-    return [os.sched_getscheduler(tid) for tid in _pool_thread_ids()]
+def pool_thread_policies(reserved: bool = False) -> list[int]:
+    """The scheduling policy of each shared (or ``reserved``) argon2 thread (``os.SCHED_*``)."""
+    return [os.sched_getscheduler(tid) for tid in _pool_thread_ids(reserved)]
 
 
-def pool_thread_niceness() -> list[int]:
-    """The nice value of each argon2 pool thread started so far (for tests and operators)."""
-    return [os.getpriority(os.PRIO_PROCESS, tid) for tid in _pool_thread_ids()]
+def pool_thread_niceness(reserved: bool = False) -> list[int]:
+    """The nice value of each shared (or ``reserved``) argon2 thread (for tests and operators)."""
+    return [os.getpriority(os.PRIO_PROCESS, tid) for tid in _pool_thread_ids(reserved)]
 
 
 @sensitive_variables()
@@ -174,9 +430,26 @@ async def _in_pool(func: Callable[..., R], *args: Any) -> R:
     As ``run_in_executor`` does, but a job cancelled before it starts stops counting.
     """
     job = metrics.PoolJob(func)
-    future = _executor().submit(job, *args)
+    ticket = _ticket.get()
+    if ticket is not None and ticket.closed:
+        ticket = None
+    pool = _executor()
+    future = pool.submit(job, *args, ticket=ticket)
     future.add_done_callback(job.done)
-    result: R = await asyncio.wrap_future(future)
+    waiting = asyncio.wrap_future(future)
+    if ticket is not None and ticket.held and ticket.max_wait is not None:
+        left = ticket.admitted_at + ticket.max_wait - time.monotonic()
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=max(0.0, left))
+        except asyncio.CancelledError:  # the session went away: the job need not run
+            waiting.cancel()
+            raise
+        if not done and future.cancel():  # not started yet: it never will
+            pool.expire(ticket)
+            if ticket.expired is not None:
+                raise ticket.expired()
+            raise TimeoutError("the argon2 lane did not start this job in time")
+    result: R = await waiting
     return result
 
 

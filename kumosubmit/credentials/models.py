@@ -222,6 +222,85 @@ class AuthFailureCounter(models.Model):
         return self.blocked_until is not None and self.blocked_until > (now or timezone.now())
 
 
+# -- AUTH lanes (kumosubmit/credentials/lanes.py) --------------------------------------
+
+
+class KnownPair(models.Model):
+    """A login that authenticated from a network: its AUTHs from there go first.
+
+    Written on a good AUTH (only when new, stale or after failures), read before
+    every AUTH; the network is a /24 for IPv4, ``AUTH_LANES["IPV6_PREFIX"]`` for IPv6.
+    """
+
+    login = models.ForeignKey(
+        SmtpLogin, on_delete=models.CASCADE, related_name="known_pairs", verbose_name=_("login")
+    )
+    network = models.CharField(_("network"), max_length=64)
+    last_success_at = models.DateTimeField(_("last success"))
+    # Wrong passwords from this network since its last success: a pair that fails
+    # AUTH_LANES["KNOWN_MAX_FAILURES"] times loses its priority until the next success.
+    failures = models.PositiveIntegerField(_("failures since"), default=0)
+
+    class Meta:
+        verbose_name = _("known login and network")
+        verbose_name_plural = _("known logins and networks")
+        ordering = ["-last_success_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["login", "network"], name="kumosubmit_known_pair_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.login_id} {self.network}"
+
+
+class SprayMark(models.Model):
+    """One client address seen failing AUTH for one scope in one time window.
+
+    The scope is ``login <name>`` (an existing login) or ``unknown`` (any name that
+    is no login); the rows of a (scope, window) are the distinct addresses counted.
+    """
+
+    scope = models.CharField(_("scope"), max_length=300)
+    window = models.BigIntegerField(_("window"))
+    address = models.CharField(_("address"), max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scope", "window", "address"], name="kumosubmit_spray_mark_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.window} {self.address}"
+
+
+class SprayEvent(models.Model):
+    """A password spray seen: failures for one login, or for unknown logins, from many
+    addresses. While one is going on, the bounded AUTH lane is tightened site-wide."""
+
+    class Scope(models.TextChoices):
+        LOGIN = "login", _("one login from many addresses")
+        UNKNOWN = "unknown", _("unknown logins from many addresses")
+
+    scope = models.CharField(_("kind"), max_length=8, choices=Scope.choices)
+    login = models.CharField(_("login"), max_length=255, blank=True)
+    started_at = models.DateTimeField(_("started"))
+    last_seen_at = models.DateTimeField(_("last seen"), db_index=True)
+    # The most distinct addresses counted in one window.
+    addresses = models.PositiveIntegerField(_("addresses in a window (most)"), default=0)
+
+    class Meta:
+        verbose_name = _("password spray")
+        verbose_name_plural = _("password sprays")
+        ordering = ["-last_seen_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_scope_display()} {self.login}".strip()
+
+
 # -- app passwords ---------------------------------------------------------------------
 
 #: Every app password starts with this, so secret scanners and people can tell it apart.

@@ -72,6 +72,7 @@ BUILTINS: dict[str, list[str]] = {
     "smtp_server_auth_plain": [
         "kumosubmit.policy.decoys.auth_plain",
         "kumosubmit.policy.penalties.auth_plain",
+        "kumosubmit.policy.lanes.auth_plain",
     ],
     "smtp_server_auth_oauthbearer": ["kumosubmit.policy.penalties.auth_oauthbearer"],
     "smtp_server_mail_from": [

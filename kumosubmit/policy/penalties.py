@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from typing import Any, NoReturn
 
 from kumosubmit import notices
-from kumosubmit.credentials import throttle
+from kumosubmit.credentials import lanes, throttle
 from kumosubmit.db import run_db
 from kumosubmit.hooks import Reject, delay_reply
 from kumosubmit.hooks.dryrun import is_dry_run
@@ -72,12 +72,20 @@ async def _penalize(authc: str, conn_meta: ConnectionMeta) -> AsyncGenerator[Non
         return
     address = conn_meta["peer_address"]
     try:
-        standing = await throttle.check(policy, address, authc)
+        lanes_policy = lanes.policy()
+        if lanes_policy.enabled:  # one trip to the database for both (lanes.py uses it)
+            standing, lane = await run_db(
+                lanes.throttle_and_lane, policy, lanes_policy, address, authc
+            )
+            conn_meta.cache[lanes.PREFETCHED] = (address, authc, lane)
+        else:
+            standing = await throttle.check(policy, address, authc)
     except Exception:
         log.exception("conn %s: could not check AUTH blocks; answered 454", conn_meta["conn_id"])
         _refuse(CHECK_FAILED, AUTH_ERROR)
     block = standing.block
     if block is not None:
+        conn_meta.cache.pop(lanes.PREFETCHED, None)
         conn_meta["auth_block"] = block.as_meta()
         log.info(
             "conn %s: AUTH for %r refused: %s %s blocked until %s",
