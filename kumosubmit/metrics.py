@@ -33,6 +33,9 @@ DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 #: Seconds; argon2-cffi's default parameters take tens of milliseconds per verification.
 ARGON2_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+#: What a sending-limit refusal is counted under.
+SEND_LIMITED_KINDS = ("messages", "recipients", "suspended")
+
 #: The listener kinds a connection is counted under.
 LISTENERS = ("starttls", "implicit-tls", "proxy")
 
@@ -51,6 +54,7 @@ class _Metrics:
     db_seconds: Any
     db_errors: Any
     worker_restarts: Any
+    send_limited: Any
 
 
 _m: _Metrics | None = None
@@ -162,6 +166,13 @@ def _make() -> _Metrics:
         worker_restarts=Counter(
             "kumosubmit_worker_restarts", "Worker processes that died and were restarted."
         ),
+        send_limited=Counter(
+            "kumosubmit_send_limited",
+            "Commands refused with 451 4.7.1 by the sending limits, by kind: messages "
+            "(at MAIL FROM), recipients (at MAIL FROM or RCPT TO), suspended (a login "
+            "suspended for its rate).",
+            ["kind"],
+        ),
     )
     # Series that exist from the start, so a rate() has a zero to start from.
     for listener in LISTENERS:
@@ -169,6 +180,8 @@ def _make() -> _Metrics:
         m.connections_open.labels(listener)
     for state in ("waiting", "running"):
         m.argon2_jobs.labels(state)
+    for kind in SEND_LIMITED_KINDS:
+        m.send_limited.labels(kind)
     return m
 
 
@@ -190,6 +203,11 @@ def connection_closed(listener: str, *, proxy: bool) -> None:
 def auth_attempt(mechanism: str, outcome: str) -> None:
     if _m is not None:
         _m.auth_attempts.labels(mechanism, outcome).inc()
+
+
+def send_limited(kind: str) -> None:
+    if _m is not None:
+        _m.send_limited.labels(kind).inc()
 
 
 def message_accepted(size: int) -> None:

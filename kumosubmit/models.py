@@ -8,6 +8,7 @@ from kumosubmit.credentials.models import (
     AuthorizedIdentity,
     SmtpLogin,
 )
+from kumosubmit.sendlimits.models import SendLimitState, SendRate
 from kumosubmit.spool.models import Message
 
 __all__ = [
@@ -17,5 +18,7 @@ __all__ = [
     "AuthorizedIdentity",
     "ConnectionRecord",
     "Message",
+    "SendLimitState",
+    "SendRate",
     "SmtpLogin",
 ]

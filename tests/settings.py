@@ -17,6 +17,9 @@ KUMOSUBMIT = {
     "HOSTNAME": "mx.test.invalid",
     # No penalty delay unless a test asks for one (tests/security/test_bruteforce.py does).
     "BRUTE_FORCE": {"DELAY": 0},
+    # The defaults' rules (two message rules, one recipient rule), wide enough that no test
+    # other than tests/test_sendlimits*.py meets them: every session runs the limits' code.
+    "SEND_LIMITS": {"MESSAGES": ["100000/minute", "1000000/day"], "RECIPIENTS": ["5000000/day"]},
 }
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -1,0 +1,13 @@
+"""Sending limits per login and per app password, shared by every process and host.
+
+- :mod:`~kumosubmit.sendlimits.rules`: the rules (``"30/minute"``) and which apply
+  to a session (the login's, else the site's defaults; an app password's own on top);
+- :mod:`~kumosubmit.sendlimits.backends`: GCRA state in the database (the default)
+  or in Redis through Django's cache framework; reserve, release, use;
+- :mod:`~kumosubmit.sendlimits.notice`: the message to the owner and the admins;
+- :mod:`~kumosubmit.sendlimits.suspicion`: the optional suspension of a login whose
+  rate jumps far above its usual one.
+
+The SMTP side is a built-in handler of the events: :mod:`kumosubmit.policy.sendlimits`.
+The design is explained in docs/limits.md.
+"""

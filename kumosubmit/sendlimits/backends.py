@@ -1,0 +1,384 @@
+"""Where the limits' state is kept: the database (default) or Redis, shared by every host.
+
+Each rule of each credential is a GCRA bucket (the generic cell rate algorithm,
+as KumoMTA's ``kumo.make_throttle``): one number, ``tat``, the time at which its
+allowance is full again. A reservation of ``cost`` moves it on by ``cost *
+period / count`` from ``max(tat, now)``, and is refused when that would put it
+more than ``period`` past now. So a rule of ``30/minute`` lets a burst of 30
+through at once, then one every two seconds, and never 31 in any minute. A
+release moves ``tat`` back by as much (never before now).
+
+A reservation of several buckets (a message counts against the login's rules and
+the app password's) is all or nothing. Time is the host's clock in microseconds
+since the epoch; hosts that share the state must keep their clocks in step (NTP),
+as an offset of a second shifts a window by that much.
+
+The backend is ``KUMOSUBMIT["SEND_LIMITS_BACKEND"]`` (a dotted path), made once
+per process: :class:`DatabaseBackend` (one row per bucket, one statement per
+reservation) or :class:`CacheBackend` (Redis through Django's ``RedisCache``,
+one Lua script per reservation).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.utils.module_loading import import_string
+
+from kumosubmit.conf import app_settings, clears_on_setting_change
+from kumosubmit.db import run_db, sqlite_turn
+from kumosubmit.sendlimits.rules import Rule
+
+
+def now_us() -> int:
+    """The host's clock, in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    """One rule of one credential: ``key`` is ``login:<pk>`` or ``app:<pk>``."""
+
+    key: str
+    kind: str
+    rule: Rule
+    login_id: int
+    app_password_id: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The rule's slot: one per kind and period (a new count keeps the state)."""
+        return f"{self.kind}/{self.rule.period}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A reservation refused: the first bucket that was full, and when it has room."""
+
+    bucket: Bucket
+    retry_after: float  # seconds
+
+
+#: (bucket, cost) pairs: what one reservation takes.
+Items = Sequence[tuple[Bucket, int]]
+
+
+def _ordered(items: Items) -> list[tuple[Bucket, int]]:
+    # One order for every writer, so two reservations never wait on each other in a cycle.
+    return sorted(items, key=lambda item: (item[0].key, item[0].name))
+
+
+def used(rule: Rule, tat: int | None, now: int) -> int:
+    """How much of ``rule``'s allowance is in use at ``now`` (0 to count)."""
+    if tat is None or tat <= now:
+        return 0
+    return min(rule.count, math.ceil((tat - now) / rule.interval_us))
+
+
+class SendLimitBackend(abc.ABC):
+    """The contract: atomic reservations, releases, and a look at the use.
+
+    The sync methods do the work; the async ones (what the SMTP handlers call) run
+    them off the event loop. ``now`` is :func:`now_us` unless a caller gives it.
+    """
+
+    @abc.abstractmethod
+    def reserve(self, items: Items, now: int) -> Refusal | None:
+        """Take ``cost`` from every bucket, or from none: None, or why not."""
+
+    @abc.abstractmethod
+    def release(self, items: Items, now: int) -> None:
+        """Give back what a reservation took (a transaction that was not stored)."""
+
+    @abc.abstractmethod
+    def tats(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
+        """The stored ``tat`` of each bucket that has state."""
+
+    @abc.abstractmethod
+    def claim_notice(self, bucket: Bucket, now: int) -> bool:
+        """True once per window of ``bucket`` (its period from now): whoever gets True
+        sends the notice, every other process and host gets False."""
+
+    def usage(self, buckets: Sequence[Bucket], now: int | None = None) -> dict[Bucket, int]:
+        """How much of each bucket is in use now."""
+        now = now_us() if now is None else now
+        tats = self.tats(buckets)
+        return {bucket: used(bucket.rule, tats.get(bucket), now) for bucket in buckets}
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        return await run_db(func, *args)
+
+    async def areserve(self, items: Items) -> Refusal | None:
+        return await self._run(self.reserve, items, now_us())
+
+    async def arelease(self, items: Items) -> None:
+        await self._run(self.release, items, now_us())
+
+    async def aclaim_notice(self, bucket: Bucket) -> bool:
+        return await self._run(self.claim_notice, bucket, now_us())
+
+
+# -- the database ------------------------------------------------------------------------
+
+
+class DatabaseBackend(SendLimitBackend):
+    """GCRA rows in ``kumosubmit_sendlimitstate``, one per (credential, kind, period).
+
+    A reservation is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING``
+    over its buckets: a row is moved on only where the rule allows, and the rows
+    returned are those that allowed it. If one did not, the transaction is rolled
+    back. Rows are locked one credential at a time, in one order, for the length of
+    that statement: logins never wait on each other, and the sessions of one login
+    queue only for that one statement. On PostgreSQL the commit does not wait for
+    the disk (``synchronous_commit = off`` for this transaction only): a crash may
+    forget the last few milliseconds of counts, which a limit can afford, and the
+    message's own commit is not slowed by a second flush.
+    """
+
+    table = "kumosubmit_sendlimitstate"
+
+    def _greatest(self, vendor: str) -> str:
+        return "GREATEST" if vendor == "postgresql" else "MAX"
+
+    def reserve(self, items: Items, now: int) -> Refusal | None:
+        items = _ordered(items)
+        if not items:
+            return None
+        db = connections[DEFAULT_DB_ALIAS]
+        greatest = self._greatest(db.vendor)
+        table = db.ops.quote_name(self.table)
+        q = db.ops.quote_name
+        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(items))
+        params: list[Any] = []
+        for bucket, cost in items:
+            params += [
+                bucket.key,
+                bucket.name,
+                bucket.login_id,
+                bucket.app_password_id,
+                bucket.kind,
+                bucket.rule.count,
+                bucket.rule.period,
+                now + cost * bucket.rule.interval_us,
+            ]
+        # EXCLUDED.tat - now is this reservation's cost in microseconds.
+        moved = f"{greatest}({table}.tat, %s) + (EXCLUDED.tat - %s)"
+        columns = ", ".join(
+            q(name)
+            for name in ("key", "rule", "login_id", "app_password_id", "kind", "count", "period")
+        )
+        sql = (
+            f"INSERT INTO {table} ({columns}, tat) VALUES {rows}"  # noqa: S608
+            f" ON CONFLICT ({q('key')}, {q('rule')}) DO UPDATE"
+            f" SET tat = {moved}, {q('count')} = EXCLUDED.{q('count')}"
+            f" WHERE {moved} <= %s + CAST(EXCLUDED.period AS BIGINT) * 1000000"
+            f" RETURNING {q('key')}, {q('rule')}"
+        )
+        params += [now, now, now, now, now]
+        refused: list[tuple[Bucket, int]] = []
+        with sqlite_turn(), transaction.atomic():
+            with db.cursor() as cursor:
+                if db.vendor == "postgresql":
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                cursor.execute(sql, params)
+                taken = {(key, rule) for key, rule in cursor.fetchall()}
+            refused = [item for item in items if (item[0].key, item[0].name) not in taken]
+            if refused:
+                transaction.set_rollback(True)
+        if not refused:
+            return None
+        tats = self.tats([bucket for bucket, _ in refused])
+        return _refusal(refused, tats, now)
+
+    def release(self, items: Items, now: int) -> None:
+        items = _ordered(items)
+        if not items:
+            return
+        db = connections[DEFAULT_DB_ALIAS]
+        greatest = self._greatest(db.vendor)
+        table = db.ops.quote_name(self.table)
+        q = db.ops.quote_name
+        sql = (
+            f"UPDATE {table} SET tat = {greatest}(tat - %s, %s)"  # noqa: S608
+            f" WHERE {q('key')} = %s AND {q('rule')} = %s"
+        )
+        with sqlite_turn(), transaction.atomic():
+            with db.cursor() as cursor:
+                if db.vendor == "postgresql":
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                for bucket, cost in items:
+                    cursor.execute(
+                        sql, [cost * bucket.rule.interval_us, now, bucket.key, bucket.name]
+                    )
+
+    def tats(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
+        from kumosubmit.sendlimits.models import SendLimitState
+
+        if not buckets:
+            return {}
+        found = {
+            (key, rule): tat
+            for key, rule, tat in SendLimitState.objects.filter(
+                key__in={bucket.key for bucket in buckets}
+            ).values_list("key", "rule", "tat")
+        }
+        return {b: found[(b.key, b.name)] for b in buckets if (b.key, b.name) in found}
+
+    def claim_notice(self, bucket: Bucket, now: int) -> bool:
+        from django.db.models import Q
+
+        from kumosubmit.sendlimits.models import SendLimitState
+
+        with sqlite_turn():
+            return bool(
+                SendLimitState.objects.filter(key=bucket.key, rule=bucket.name)
+                .filter(Q(noticed_until__isnull=True) | Q(noticed_until__lte=now))
+                .update(noticed_until=now + bucket.rule.period_us)
+            )
+
+
+def _refusal(refused: list[tuple[Bucket, int]], tats: dict[Bucket, int], now: int) -> Refusal:
+    """The refused bucket that frees up last, and when it does."""
+    worst: Refusal | None = None
+    for bucket, cost in refused:
+        tat = max(tats.get(bucket, now), now)
+        wait = max(0, tat + cost * bucket.rule.interval_us - bucket.rule.period_us - now)
+        if worst is None or wait / 1e6 > worst.retry_after:
+            worst = Refusal(bucket, wait / 1e6)
+    assert worst is not None
+    return worst
+
+
+# -- Redis, through Django's cache framework ------------------------------------------
+
+#: KEYS: the buckets; ARGV: now, then (cost in µs, period in µs) per bucket.
+#: Returns {0, 0} when every bucket took its cost, else {i, µs to wait} for bucket i.
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local moved = {}
+for i, key in ipairs(KEYS) do
+  local cost = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
+  local stored = redis.call('GET', key)
+  local tat = stored and tonumber(stored) or now
+  if tat < now then tat = now end
+  local new = tat + cost
+  if new > now + period then
+    return {i, string.format('%.0f', new - period - now)}
+  end
+  moved[i] = new
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%.0f', moved[i]), 'PX',
+             math.ceil((moved[i] - now) / 1000) + 1000)
+end
+return {0, 0}
+"""
+
+#: KEYS: the buckets; ARGV: now, then the cost in µs per bucket.
+_RELEASE = """
+local now = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local stored = redis.call('GET', key)
+  if stored then
+    local tat = tonumber(stored) - tonumber(ARGV[i + 1])
+    if tat > now then
+      redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    else
+      redis.call('DEL', key)
+    end
+  end
+end
+return 0
+"""
+
+
+class CacheBackend(SendLimitBackend):
+    """GCRA state in Redis, through the cache ``SEND_LIMITS_CACHE`` names in ``CACHES``.
+
+    That cache must be Django's own ``django.core.cache.backends.redis.RedisCache``
+    (the ``redis`` package): the reservation is a Lua script, run atomically by
+    Redis, on the client that cache keeps (its connection pool, its key prefix and
+    version). A key expires once its bucket is full again, so Redis holds only
+    the credentials sending now. The calls run in a small thread pool of their own,
+    never on the event loop and never in the ORM's thread.
+    """
+
+    def __init__(self) -> None:
+        from django.core.cache import caches
+        from django.core.cache.backends.redis import RedisCache
+
+        cache = caches[app_settings.SEND_LIMITS_CACHE]
+        if not isinstance(cache, RedisCache):
+            raise TypeError(
+                f"SEND_LIMITS_CACHE {app_settings.SEND_LIMITS_CACHE!r} is a "
+                f"{type(cache).__name__}, not django.core.cache.backends.redis.RedisCache"
+            )
+        self.cache = cache
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kumosubmit-limits")
+        client = self._client()
+        self._reserve = client.register_script(_RESERVE)
+        self._release = client.register_script(_RELEASE)
+
+    def _client(self) -> Any:
+        # RedisCache keeps one pool per server; its writer is the first LOCATION.
+        return self.cache._cache.get_client(None, write=True)
+
+    def _key(self, bucket: Bucket) -> str:
+        return self.cache.make_and_validate_key(f"kumosubmit:limit:{bucket.key}:{bucket.name}")
+
+    def _notice_key(self, bucket: Bucket) -> str:
+        return self.cache.make_and_validate_key(f"kumosubmit:notice:{bucket.key}:{bucket.name}")
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(func, *args))
+
+    def reserve(self, items: Items, now: int) -> Refusal | None:
+        items = _ordered(items)
+        if not items:
+            return None
+        args: list[int] = [now]
+        for bucket, cost in items:
+            args += [cost * bucket.rule.interval_us, bucket.rule.period_us]
+        index, wait = self._reserve(
+            keys=[self._key(bucket) for bucket, _ in items], args=args, client=self._client()
+        )
+        if int(index) == 0:
+            return None
+        return Refusal(items[int(index) - 1][0], int(wait) / 1e6)
+
+    def release(self, items: Items, now: int) -> None:
+        items = _ordered(items)
+        if items:
+            self._release(
+                keys=[self._key(bucket) for bucket, _ in items],
+                args=[now, *(cost * bucket.rule.interval_us for bucket, cost in items)],
+                client=self._client(),
+            )
+
+    def tats(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
+        if not buckets:
+            return {}
+        values = self._client().mget([self._key(bucket) for bucket in buckets])
+        return {b: int(v) for b, v in zip(buckets, values, strict=True) if v is not None}
+
+    def claim_notice(self, bucket: Bucket, now: int) -> bool:
+        window_ms = max(1, bucket.rule.period_us // 1000)
+        return bool(self._client().set(self._notice_key(bucket), 1, nx=True, px=window_ms))
+
+
+@clears_on_setting_change
+@functools.cache
+def get_backend() -> SendLimitBackend:
+    """The configured backend (``KUMOSUBMIT["SEND_LIMITS_BACKEND"]``), made once."""
+    return import_string(app_settings.SEND_LIMITS_BACKEND)()
