@@ -14,6 +14,7 @@ from django.core import serializers
 from kumosubmit import hooks
 from kumosubmit.credentials.models import AuthorizedIdentity, SmtpLogin
 from tests.live import LiveSMTPServer
+from tests.redisutil import REDIS_SERVER, RedisServer
 from tests.tlsutil import TestPKI, make_pki
 
 
@@ -107,3 +108,15 @@ def smtp_server(
 def data_dir(settings, tmp_path: Path) -> Path:
     settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "DATA_DIR": tmp_path}
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Our own redis-server (the OS package's binary) for the whole run; skipped without it."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (make system-packages)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
