@@ -18,6 +18,7 @@ from kumosubmit.sendlimits.models import SendLimitState
 from kumosubmit.spool.models import Message
 from tests.live import free_port, quitting
 from tests.process import ManageProcess, command_env
+from tests.test_metrics import scrape, value
 
 ALICE = "alice@example.com"
 PASSWORD = "correct horse battery"
@@ -49,13 +50,15 @@ def two_servers(tmp_path, pki, transactional_db, shared):
     servers = []
     with ExitStack() as stack:
         for n in range(2):
-            port = free_port()
+            port, metrics_port = free_port(), free_port()
             env = command_env(tmp_path / f"s{n}")
             env.update(shared[1], DJANGO_SETTINGS_MODULE="tests.process_settings")
             process = ManageProcess(
                 "runsmtpd",
                 "--listen",
                 f"127.0.0.1:{port}",
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
                 *pki.cert_args(),
                 "--workers",
                 "1",
@@ -63,6 +66,7 @@ def two_servers(tmp_path, pki, transactional_db, shared):
             )
             stack.callback(process.kill)
             process.port = port
+            process.metrics = f"http://127.0.0.1:{metrics_port}"
             servers.append(process)
         for process in servers:
             process.wait_for("listening on")
@@ -105,7 +109,12 @@ def test_two_processes_share_one_allowance(two_servers, shared, pki, make_login)
             assert text.startswith("4.7.1 Sending limit of this login reached")
             assert "(20 messages per minute); try again in" in text
         assert Message.objects.filter(authn_id=ALICE).count() == 20
-        # Both processes refused; the owner heard of it once.
+        # Both processes refused (3 and 2 of the 5), each counted in its /metrics; the
+        # owner heard of it once.
+        for server, refused in zip(two_servers, (3, 2), strict=True):
+            samples = scrape(server.metrics)
+            assert value(samples, "kumosubmit_send_limited_total", kind="messages") == refused
+            assert value(samples, "kumosubmit_send_limited_total", kind="recipients") == 0
         assert Message.objects.filter(meta__kumosubmit_notice="send_limit").count() == 1
 
         # The allowance refills at the rule's rate: one message every 3 s, no burst.
