@@ -9,8 +9,8 @@ from kumosubmit.sendlimits.backends import Bucket, get_backend
 from kumosubmit.sendlimits.rules import MESSAGES, UNIT_NAMES
 from kumosubmit.sendlimits.sessions import app_password_buckets, login_buckets
 
-#: "today: 37 of 1000" reads better than "this day".
-WINDOWS = {1: "this second", 60: "this minute", 3600: "this hour", 86400: "today"}
+#: How a rule's window is named on the pages.
+WINDOWS = {1: "per second", 60: "per minute", 3600: "per hour", 86400: "per day"}
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,12 @@ class Use:
     @property
     def window(self) -> str:
         period = self.bucket.rule.period
-        return WINDOWS.get(period, f"in {UNIT_NAMES.get(period, f'{period} s')}")
+        return WINDOWS.get(period, f"per {UNIT_NAMES.get(period, f'{period} s')}")
 
     def __str__(self) -> str:
+        """``"messages per day: 37 of 1000"``: what is in use of the rule now. GCRA gives
+        the allowance back at the rule's rate (1000/day: one every 86.4 s), not all at
+        midnight, so this is the use over the last window, less what has come back."""
         return f"{self.kind} {self.window}: {self.used} of {self.limit}"
 
 
