@@ -247,12 +247,17 @@ class SmtpLoginAdmin(admin.ModelAdmin):
     @admin.display(description=_("use now"))
     def send_limit_use(self, login: SmtpLogin) -> str:
         """Each rule of the login and of its live app passwords, with its use."""
-        rows = [(gettext("the login"), str(use), f"{use.share:.0%}") for use in login_uses(login)]
-        for app_password in login.app_passwords.live():
-            rows += [
-                (app_password.label, str(use), f"{use.share:.0%}")
-                for use in app_password_uses(app_password)
+        try:
+            rows = [
+                (gettext("the login"), str(use), f"{use.share:.0%}") for use in login_uses(login)
             ]
+            for app_password in login.app_passwords.live():
+                rows += [
+                    (app_password.label, str(use), f"{use.share:.0%}")
+                    for use in app_password_uses(app_password)
+                ]
+        except Exception:  # a Redis that cannot be reached must not break the page
+            return gettext("The use cannot be read right now.")
         if not rows:
             return gettext("No limit applies.")
         return format_html(
