@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +186,7 @@ class DatabaseBackend(SendLimitBackend):
         )
         params += [now, now, now, now, now]
         refused: list[tuple[Bucket, int]] = []
-        with sqlite_turn(), transaction.atomic():
+        with _unflushed(db), transaction.atomic():
             with db.cursor() as cursor:
                 if db.vendor == "postgresql":
                     cursor.execute("SET LOCAL synchronous_commit TO OFF")
@@ -211,7 +212,7 @@ class DatabaseBackend(SendLimitBackend):
             f"UPDATE {table} SET tat = {greatest}(tat - %s, %s)"  # noqa: S608
             f" WHERE {q('key')} = %s AND {q('rule')} = %s"
         )
-        with sqlite_turn(), transaction.atomic():
+        with _unflushed(db), transaction.atomic():
             with db.cursor() as cursor:
                 if db.vendor == "postgresql":
                     cursor.execute("SET LOCAL synchronous_commit TO OFF")
@@ -238,12 +239,39 @@ class DatabaseBackend(SendLimitBackend):
 
         from kumosubmit.sendlimits.models import SendLimitState
 
-        with sqlite_turn():
+        with _unflushed(connections[DEFAULT_DB_ALIAS]):
             return bool(
                 SendLimitState.objects.filter(key=bucket.key, rule=bucket.name)
                 .filter(Q(noticed_until__isnull=True) | Q(noticed_until__lte=now))
                 .update(noticed_until=now + bucket.rule.period_us)
             )
+
+
+@contextlib.contextmanager
+def _unflushed(db: Any) -> Iterator[None]:
+    """On SQLite, the commits made inside this wait for no disk flush (``synchronous =
+    OFF`` for their length, then the connection's own setting again), and take their turn
+    at the writer (db.sqlite_turn). The counts may lose their last commits in a power cut;
+    the WAL stays consistent, and the next flushed commit (a message's) writes them too.
+    PostgreSQL has ``SET LOCAL synchronous_commit`` for this, inside the transaction."""
+    if db.vendor != "sqlite":
+        yield
+        return
+    with sqlite_turn():
+        db.ensure_connection()
+        with db.cursor() as cursor:
+            cursor.execute("PRAGMA synchronous")
+            (level,) = cursor.fetchone()
+            if db.in_atomic_block:  # cannot change it inside a transaction
+                level = None
+            else:
+                cursor.execute("PRAGMA synchronous = OFF")
+        try:
+            yield
+        finally:
+            if level is not None:
+                with db.cursor() as cursor:
+                    cursor.execute(f"PRAGMA synchronous = {int(level):d}")
 
 
 def _refusal(refused: list[tuple[Bucket, int]], tats: dict[Bucket, int], now: int) -> Refusal:
