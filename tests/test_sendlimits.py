@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -216,3 +218,27 @@ def test_the_notice_through_djangos_email_backend(smtp_server, make_login, limit
     assert mail.outbox[0].to == ["postmaster@example.com"]
     assert "1 message per hour" in mail.outbox[0].subject
     assert not Message.objects.filter(meta__kumosubmit_notice="send_limit").exists()
+
+
+def test_sessions_racing_for_the_last_units_get_exactly_the_limit(smtp_server, make_login, limits):
+    limits(messages=["5/hour"])
+    make_login(ALICE, PASSWORD)
+    clients = [session(smtp_server) for _ in range(12)]
+    barrier = threading.Barrier(len(clients))
+
+    def mail(client):
+        barrier.wait()
+        return client.mail(ALICE)[0]
+
+    try:
+        with ThreadPoolExecutor(len(clients)) as pool:
+            codes = list(pool.map(mail, clients))
+        assert sorted(codes) == [250] * 5 + [451] * 7
+        for client, code in zip(clients, codes, strict=True):
+            if code == 250:
+                assert client.rcpt("bob@example.org")[0] == 250
+                assert client.data(BODY)[0] == 250
+    finally:
+        for client in clients:
+            client.quit()
+    assert stored() == 5

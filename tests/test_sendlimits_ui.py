@@ -276,3 +276,20 @@ def test_buckets_follow_the_login_and_the_site(make_login, settings):
     settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "SEND_LIMITS": None}
     login.message_limits, login.recipient_limits = None, ["10/day"]
     assert [(b.kind, str(b.rule)) for b in login_buckets(login)] == [("RECIPIENTS", "10/day")]
+
+
+def test_reservations_made_together_are_each_decided_on_their_own(make_login):
+    alice, bob = make_login(ALICE, PASSWORD), make_login("bob@example.com", "another one")
+    backend = DatabaseBackend()
+    a = Bucket(f"login:{alice.pk}", "MESSAGES", Rule(2, 60), alice.pk)
+    a_day = Bucket(f"login:{alice.pk}", "MESSAGES", Rule(100, 86400), alice.pk)
+    b = Bucket(f"login:{bob.pk}", "MESSAGES", Rule(1, 60), bob.pk)
+    now = now_us()
+    results = backend.reserve_many(
+        [[(a, 1), (a_day, 1)], [(b, 1)], [(a, 1), (a_day, 1)], [(b, 1)], [(a, 1), (a_day, 1)]],
+        now,
+    )
+    assert [r is None for r in results] == [True, True, True, False, False]
+    assert results[3].bucket == b and results[4].bucket == a
+    # The refused third reservation of alice took nothing from her daily rule.
+    assert backend.usage([a, a_day, b], now) == {a: 2, a_day: 2, b: 1}

@@ -136,25 +136,65 @@ class DatabaseBackend(SendLimitBackend):
 
     A reservation is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING``
     over its buckets: a row is moved on only where the rule allows, and the rows
-    returned are those that allowed it. If one did not, the transaction is rolled
-    back. Rows are locked one credential at a time, in one order, for the length of
-    that statement: logins never wait on each other, and the sessions of one login
-    queue only for that one statement. On PostgreSQL the commit does not wait for
-    the disk (``synchronous_commit = off`` for this transaction only): a crash may
-    forget the last few milliseconds of counts, which a limit can afford, and the
-    message's own commit is not slowed by a second flush.
+    returned are those that allowed it. If one did not, what the others took is put
+    back in the same transaction: all or nothing. Each login and app password has
+    rows of its own, so no row is shared by all senders: logins never wait on each
+    other, and the sessions of one login wait for one short statement of each other's.
+
+    The reservations a process's sessions ask for while one is being made are made
+    together, in one trip to the database thread and one transaction (as the spool
+    commits messages together), each still decided on its own. On PostgreSQL the
+    commit does not wait for the disk (``synchronous_commit = off`` for this
+    transaction only), on SQLite likewise (``synchronous = OFF`` for its length): a
+    crash may forget the last few milliseconds of counts, which a limit can afford,
+    and no message's commit waits behind a second flush. A transaction that makes
+    several reservations first locks the existing rows of all of them in one order,
+    so two processes cannot deadlock on them.
     """
 
     table = "kumosubmit_sendlimitstate"
+
+    def __init__(self) -> None:
+        # Per event loop: the reservations waiting for the next trip, and the task making
+        # them (tests run a loop per listener; a process has one).
+        self._groups: dict[asyncio.AbstractEventLoop, _Group] = {}
 
     def _greatest(self, vendor: str) -> str:
         return "GREATEST" if vendor == "postgresql" else "MAX"
 
     def reserve(self, items: Items, now: int) -> Refusal | None:
-        items = _ordered(items)
+        return self.reserve_many([items], now)[0]
+
+    def reserve_many(self, requests: Sequence[Items], now: int) -> list[Refusal | None]:
+        """Make each reservation, all or nothing each, in one transaction."""
+        db = connections[DEFAULT_DB_ALIAS]
+        ordered = [_ordered(items) for items in requests]
+        results: list[Refusal | None] = []
+        with _unflushed(db), transaction.atomic():
+            with db.cursor() as cursor:
+                if db.vendor == "postgresql":
+                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                    if len(ordered) > 1:
+                        self._lock(cursor, db, ordered)
+                for items in ordered:
+                    results.append(self._reserve_one(cursor, db, items, now))
+        return results
+
+    def _lock(self, cursor: Any, db: Any, requests: list[list[tuple[Bucket, int]]]) -> None:
+        """Lock the existing rows of every bucket, in one order (no deadlocks)."""
+        q = db.ops.quote_name
+        keys = sorted({bucket.key for items in requests for bucket, _ in items})
+        cursor.execute(
+            f"SELECT 1 FROM {q(self.table)} WHERE {q('key')} IN ({', '.join(['%s'] * len(keys))})"  # noqa: S608
+            f" ORDER BY {q('key')}, {q('rule')} FOR UPDATE",
+            keys,
+        )
+
+    def _reserve_one(
+        self, cursor: Any, db: Any, items: list[tuple[Bucket, int]], now: int
+    ) -> Refusal | None:
         if not items:
             return None
-        db = connections[DEFAULT_DB_ALIAS]
         greatest = self._greatest(db.vendor)
         table = db.ops.quote_name(self.table)
         q = db.ops.quote_name
@@ -184,42 +224,44 @@ class DatabaseBackend(SendLimitBackend):
             f" WHERE {moved} <= %s + CAST(EXCLUDED.period AS BIGINT) * 1000000"
             f" RETURNING {q('key')}, {q('rule')}"
         )
-        params += [now, now, now, now, now]
-        refused: list[tuple[Bucket, int]] = []
-        with _unflushed(db), transaction.atomic():
-            with db.cursor() as cursor:
-                if db.vendor == "postgresql":
-                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
-                cursor.execute(sql, params)
-                taken = {(key, rule) for key, rule in cursor.fetchall()}
-            refused = [item for item in items if (item[0].key, item[0].name) not in taken]
-            if refused:
-                transaction.set_rollback(True)
+        cursor.execute(sql, [*params, now, now, now, now, now])
+        taken = {(key, rule) for key, rule in cursor.fetchall()}
+        refused = [item for item in items if (item[0].key, item[0].name) not in taken]
         if not refused:
             return None
+        # All or nothing: put back what the buckets with room took.
+        self._give_back(cursor, db, [item for item in items if item not in refused], now)
         tats = self.tats([bucket for bucket, _ in refused])
         return _refusal(refused, tats, now)
+
+    def _give_back(self, cursor: Any, db: Any, items: Items, now: int) -> None:
+        q = db.ops.quote_name
+        sql = (
+            f"UPDATE {q(self.table)} SET tat = {self._greatest(db.vendor)}(tat - %s, %s)"  # noqa: S608
+            f" WHERE {q('key')} = %s AND {q('rule')} = %s"
+        )
+        for bucket, cost in items:
+            cursor.execute(sql, [cost * bucket.rule.interval_us, now, bucket.key, bucket.name])
+
+    async def areserve(self, items: Items) -> Refusal | None:
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            for old in [other for other in self._groups if other.is_closed()]:
+                del self._groups[old]
+            group = self._groups[loop] = _Group(self)
+        return await group.reserve(items)
 
     def release(self, items: Items, now: int) -> None:
         items = _ordered(items)
         if not items:
             return
         db = connections[DEFAULT_DB_ALIAS]
-        greatest = self._greatest(db.vendor)
-        table = db.ops.quote_name(self.table)
-        q = db.ops.quote_name
-        sql = (
-            f"UPDATE {table} SET tat = {greatest}(tat - %s, %s)"  # noqa: S608
-            f" WHERE {q('key')} = %s AND {q('rule')} = %s"
-        )
         with _unflushed(db), transaction.atomic():
             with db.cursor() as cursor:
                 if db.vendor == "postgresql":
                     cursor.execute("SET LOCAL synchronous_commit TO OFF")
-                for bucket, cost in items:
-                    cursor.execute(
-                        sql, [cost * bucket.rule.interval_us, now, bucket.key, bucket.name]
-                    )
+                self._give_back(cursor, db, items, now)
 
     def tats(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
         from kumosubmit.sendlimits.models import SendLimitState
@@ -245,6 +287,53 @@ class DatabaseBackend(SendLimitBackend):
                 .filter(Q(noticed_until__isnull=True) | Q(noticed_until__lte=now))
                 .update(noticed_until=now + bucket.rule.period_us)
             )
+
+
+class _Group:
+    """The reservations of one event loop's sessions, made together (group commit).
+
+    While one trip to the database thread is under way, the reservations asked for
+    meanwhile wait, and the next trip makes them all; alone, a reservation goes at once.
+    A session that goes away while its reservation is being made (a timeout, a lost
+    connection) has it given back.
+    """
+
+    def __init__(self, backend: DatabaseBackend) -> None:
+        self.backend = backend
+        self.waiting: list[tuple[Items, asyncio.Future[Refusal | None]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def reserve(self, items: Items) -> Refusal | None:
+        future: asyncio.Future[Refusal | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((items, future))
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    results = await run_db(
+                        self.backend.reserve_many, [items for items, _ in batch], now_us()
+                    )
+                except Exception as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                abandoned: list[tuple[Bucket, int]] = []
+                for (items, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+                    elif result is None:  # taken for a session that is gone
+                        abandoned += items
+                if abandoned:
+                    with contextlib.suppress(Exception):
+                        await self.backend.arelease(abandoned)
+        finally:
+            self.task = None
 
 
 @contextlib.contextmanager
