@@ -27,7 +27,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -159,48 +159,60 @@ class DatabaseBackend(SendLimitBackend):
         # them (tests run a loop per listener; a process has one).
         self._groups: dict[asyncio.AbstractEventLoop, _Group] = {}
 
-    def _greatest(self, vendor: str) -> str:
-        return "GREATEST" if vendor == "postgresql" else "MAX"
-
     def reserve(self, items: Items, now: int) -> Refusal | None:
         return self.reserve_many([items], now)[0]
 
     def reserve_many(self, requests: Sequence[Items], now: int) -> list[Refusal | None]:
-        """Make each reservation, all or nothing each, in one transaction."""
+        """Make each reservation, all or nothing each, in one transaction.
+
+        Reservations that share no bucket go into one statement; one that shares a bucket
+        with an earlier one waits for the next statement (a row is updated once per
+        statement).
+        """
         db = connections[DEFAULT_DB_ALIAS]
-        ordered = [_ordered(items) for items in requests]
-        results: list[Refusal | None] = []
-        with _unflushed(db), transaction.atomic():
-            with db.cursor() as cursor:
-                if db.vendor == "postgresql":
-                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
-                    if len(ordered) > 1:
-                        self._lock(cursor, db, ordered)
-                for items in ordered:
-                    results.append(self._reserve_one(cursor, db, items, now))
+        results: list[Refusal | None] = [None] * len(requests)
+        rounds: list[list[tuple[int, list[tuple[Bucket, int]]]]] = []
+        waiting = [(n, _ordered(items)) for n, items in enumerate(requests) if items]
+        while waiting:
+            this_round, later, seen = [], [], set()
+            for n, items in waiting:
+                names = {(bucket.key, bucket.name) for bucket, _ in items}
+                if names & seen:
+                    later.append((n, items))
+                else:
+                    seen |= names
+                    this_round.append((n, items))
+            rounds.append(this_round)
+            waiting = later
+        if not rounds:
+            return results
+        with _unflushed_transaction(db) as (cursor, sql):
+            if db.vendor == "postgresql" and len(rounds) > 1:
+                self._lock(cursor, sql, [items for r in rounds for _, items in r])
+            for this_round in rounds:
+                for n, refusal in self._reserve_round(cursor, sql, this_round, now):
+                    results[n] = refusal
         return results
 
-    def _lock(self, cursor: Any, db: Any, requests: list[list[tuple[Bucket, int]]]) -> None:
+    def _lock(self, cursor: Any, sql: _Sql, requests: list[list[tuple[Bucket, int]]]) -> None:
         """Lock the existing rows of every bucket, in one order (no deadlocks)."""
-        q = db.ops.quote_name
         keys = sorted({bucket.key for items in requests for bucket, _ in items})
-        cursor.execute(
-            f"SELECT 1 FROM {q(self.table)} WHERE {q('key')} IN ({', '.join(['%s'] * len(keys))})"  # noqa: S608
-            f" ORDER BY {q('key')}, {q('rule')} FOR UPDATE",
-            keys,
-        )
+        cursor.execute(sql.lock(len(keys)), keys)
 
-    def _reserve_one(
-        self, cursor: Any, db: Any, items: list[tuple[Bucket, int]], now: int
-    ) -> Refusal | None:
-        if not items:
-            return None
-        greatest = self._greatest(db.vendor)
-        table = db.ops.quote_name(self.table)
-        q = db.ops.quote_name
-        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(items))
+    def _reserve_round(
+        self,
+        cursor: Any,
+        sql: _Sql,
+        requests: list[tuple[int, list[tuple[Bucket, int]]]],
+        now: int,
+    ) -> list[tuple[int, Refusal | None]]:
+        """One statement for reservations that share no bucket; each decided on its own."""
+        rows = sorted(
+            ((bucket, cost) for _, items in requests for bucket, cost in items),
+            key=lambda item: (item[0].key, item[0].name),
+        )
         params: list[Any] = []
-        for bucket, cost in items:
+        for bucket, cost in rows:
             params += [
                 bucket.key,
                 bucket.name,
@@ -211,37 +223,27 @@ class DatabaseBackend(SendLimitBackend):
                 bucket.rule.period,
                 now + cost * bucket.rule.interval_us,
             ]
-        # EXCLUDED.tat - now is this reservation's cost in microseconds.
-        moved = f"{greatest}({table}.tat, %s) + (EXCLUDED.tat - %s)"
-        columns = ", ".join(
-            q(name)
-            for name in ("key", "rule", "login_id", "app_password_id", "kind", "count", "period")
-        )
-        sql = (
-            f"INSERT INTO {table} ({columns}, tat) VALUES {rows}"  # noqa: S608
-            f" ON CONFLICT ({q('key')}, {q('rule')}) DO UPDATE"
-            f" SET tat = {moved}, {q('count')} = EXCLUDED.{q('count')}"
-            f" WHERE {moved} <= %s + CAST(EXCLUDED.period AS BIGINT) * 1000000"
-            f" RETURNING {q('key')}, {q('rule')}"
-        )
-        cursor.execute(sql, [*params, now, now, now, now, now])
+        cursor.execute(sql.reserve(len(rows)), [*params, now, now, now, now, now])
         taken = {(key, rule) for key, rule in cursor.fetchall()}
-        refused = [item for item in items if (item[0].key, item[0].name) not in taken]
-        if not refused:
-            return None
-        # All or nothing: put back what the buckets with room took.
-        self._give_back(cursor, db, [item for item in items if item not in refused], now)
-        tats = self.tats([bucket for bucket, _ in refused])
-        return _refusal(refused, tats, now)
+        results: list[tuple[int, Refusal | None]] = []
+        for n, items in requests:
+            refused = [item for item in items if (item[0].key, item[0].name) not in taken]
+            if not refused:
+                results.append((n, None))
+                continue
+            # All or nothing: put back what the buckets with room took for it.
+            self._give_back(cursor, sql, [item for item in items if item not in refused], now)
+            cursor.execute(sql.tats(len(refused)), [b.key for b, _ in refused])
+            found = {(key, rule): tat for key, rule, tat in cursor.fetchall()}
+            tats = {b: found[(b.key, b.name)] for b, _ in refused if (b.key, b.name) in found}
+            results.append((n, _refusal(refused, tats, now)))
+        return results
 
-    def _give_back(self, cursor: Any, db: Any, items: Items, now: int) -> None:
-        q = db.ops.quote_name
-        sql = (
-            f"UPDATE {q(self.table)} SET tat = {self._greatest(db.vendor)}(tat - %s, %s)"  # noqa: S608
-            f" WHERE {q('key')} = %s AND {q('rule')} = %s"
-        )
+    def _give_back(self, cursor: Any, sql: _Sql, items: Items, now: int) -> None:
         for bucket, cost in items:
-            cursor.execute(sql, [cost * bucket.rule.interval_us, now, bucket.key, bucket.name])
+            cursor.execute(
+                sql.give_back, [cost * bucket.rule.interval_us, now, bucket.key, bucket.name]
+            )
 
     async def areserve(self, items: Items) -> Refusal | None:
         loop = asyncio.get_running_loop()
@@ -256,12 +258,8 @@ class DatabaseBackend(SendLimitBackend):
         items = _ordered(items)
         if not items:
             return
-        db = connections[DEFAULT_DB_ALIAS]
-        with _unflushed(db), transaction.atomic():
-            with db.cursor() as cursor:
-                if db.vendor == "postgresql":
-                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
-                self._give_back(cursor, db, items, now)
+        with _unflushed_transaction(connections[DEFAULT_DB_ALIAS]) as (cursor, sql):
+            self._give_back(cursor, sql, items, now)
 
     def tats(self, buckets: Sequence[Bucket]) -> dict[Bucket, int]:
         from kumosubmit.sendlimits.models import SendLimitState
@@ -277,16 +275,11 @@ class DatabaseBackend(SendLimitBackend):
         return {b: found[(b.key, b.name)] for b in buckets if (b.key, b.name) in found}
 
     def claim_notice(self, bucket: Bucket, now: int) -> bool:
-        from django.db.models import Q
-
-        from kumosubmit.sendlimits.models import SendLimitState
-
-        with _unflushed(connections[DEFAULT_DB_ALIAS]):
-            return bool(
-                SendLimitState.objects.filter(key=bucket.key, rule=bucket.name)
-                .filter(Q(noticed_until__isnull=True) | Q(noticed_until__lte=now))
-                .update(noticed_until=now + bucket.rule.period_us)
+        with _unflushed_transaction(connections[DEFAULT_DB_ALIAS]) as (cursor, sql):
+            cursor.execute(
+                sql.claim_notice, [now + bucket.rule.period_us, bucket.key, bucket.name, now]
             )
+            return bool(cursor.rowcount)
 
 
 class _Group:
@@ -336,31 +329,118 @@ class _Group:
             self.task = None
 
 
+class _Sql:
+    """The statements of the database backend for one vendor, made once (the placeholders
+    of its DB-API driver: the hot path skips Django's cursor wrapper)."""
+
+    def __init__(self, vendor: str, quote: Callable[[str], str]) -> None:
+        self.vendor = vendor
+        self.ph = "?" if vendor == "sqlite" else "%s"
+        self.greatest = "GREATEST" if vendor == "postgresql" else "MAX"
+        self.table = quote(DatabaseBackend.table)
+        self.key, self.rule, self.count = quote("key"), quote("rule"), quote("count")
+        self.quote = quote
+        ph, t, k, r = self.ph, self.table, self.key, self.rule
+        self.give_back = (
+            f"UPDATE {t} SET tat = {self.greatest}(tat - {ph}, {ph})"  # noqa: S608
+            f" WHERE {k} = {ph} AND {r} = {ph}"
+        )
+        self.claim_notice = (
+            f"UPDATE {t} SET noticed_until = {ph} WHERE {k} = {ph} AND {r} = {ph}"  # noqa: S608
+            f" AND (noticed_until IS NULL OR noticed_until <= {ph})"
+        )
+
+    @functools.cache  # noqa: B019 (one _Sql per vendor, kept for the process)
+    def reserve(self, rows: int) -> str:
+        ph, t = self.ph, self.table
+        # EXCLUDED.tat - now is the reservation's cost in microseconds.
+        moved = f"{self.greatest}({t}.tat, {ph}) + (EXCLUDED.tat - {ph})"
+        names = ("key", "rule", "login_id", "app_password_id", "kind", "count", "period")
+        columns = ", ".join(self.quote(name) for name in names)
+        values = ", ".join([f"({', '.join([ph] * 8)})"] * rows)
+        return (
+            f"INSERT INTO {t} ({columns}, tat) VALUES {values}"  # noqa: S608
+            f" ON CONFLICT ({self.key}, {self.rule}) DO UPDATE"
+            f" SET tat = {moved}, {self.count} = EXCLUDED.{self.count}"
+            f" WHERE {moved} <= {ph} + CAST(EXCLUDED.period AS BIGINT) * 1000000"
+            f" RETURNING {self.key}, {self.rule}"
+        )
+
+    @functools.cache  # noqa: B019
+    def lock(self, keys: int) -> str:
+        return (
+            f"SELECT 1 FROM {self.table} WHERE {self.key} IN ({', '.join([self.ph] * keys)})"  # noqa: S608
+            f" ORDER BY {self.key}, {self.rule} FOR UPDATE"
+        )
+
+    @functools.cache  # noqa: B019
+    def tats(self, keys: int) -> str:
+        return (
+            f"SELECT {self.key}, {self.rule}, tat FROM {self.table}"  # noqa: S608
+            f" WHERE {self.key} IN ({', '.join([self.ph] * keys)})"
+        )
+
+
+_statements: dict[str, _Sql] = {}
+
+
 @contextlib.contextmanager
-def _unflushed(db: Any) -> Iterator[None]:
-    """On SQLite, the commits made inside this wait for no disk flush (``synchronous =
-    OFF`` for their length, then the connection's own setting again), and take their turn
-    at the writer (db.sqlite_turn). The counts may lose their last commits in a power cut;
-    the WAL stays consistent, and the next flushed commit (a message's) writes them too.
-    PostgreSQL has ``SET LOCAL synchronous_commit`` for this, inside the transaction."""
-    if db.vendor != "sqlite":
-        yield
+def _unflushed_transaction(db: Any) -> Iterator[tuple[Any, _Sql]]:
+    """A transaction on the connection's own DB-API cursor whose commit waits for no disk
+    flush: ``SET LOCAL synchronous_commit TO OFF`` on PostgreSQL; on SQLite ``synchronous
+    = OFF`` for its length, then the connection's own setting again, and a turn at the
+    writer (db.sqlite_turn). The counts may lose their last commits in a power cut; the
+    database stays consistent, and the next flushed commit (a message's) writes them too.
+
+    Database errors come out as Django's (``wrap_database_errors``), so a broken
+    connection is replaced as after any other failed query. Inside a transaction of
+    Django's (a test's), a savepoint of it instead.
+    """
+    sql = _statements.get(db.vendor)
+    if sql is None:
+        sql = _statements[db.vendor] = _Sql(db.vendor, db.ops.quote_name)
+    if db.in_atomic_block:
+        with transaction.atomic(using=db.alias), db.cursor() as cursor:
+            yield _Qmark(cursor) if db.vendor == "sqlite" else cursor, sql
         return
-    with sqlite_turn():
+    turn = sqlite_turn() if db.vendor == "sqlite" else contextlib.nullcontext()
+    with turn, db.wrap_database_errors:
         db.ensure_connection()
-        with db.cursor() as cursor:
-            cursor.execute("PRAGMA synchronous")
-            (level,) = cursor.fetchone()
-            if db.in_atomic_block:  # cannot change it inside a transaction
-                level = None
-            else:
-                cursor.execute("PRAGMA synchronous = OFF")
+        cursor = db.connection.cursor()
+        level = None
         try:
-            yield
+            if db.vendor == "sqlite":
+                level = getattr(db, "_kumosubmit_synchronous", None)
+                if level is None or level[0] is not db.connection:
+                    (value,) = cursor.execute("PRAGMA synchronous").fetchone()
+                    level = db._kumosubmit_synchronous = (db.connection, int(value))
+                cursor.execute("PRAGMA synchronous = OFF")
+                cursor.execute("BEGIN IMMEDIATE")
+            else:
+                cursor.execute("BEGIN; SET LOCAL synchronous_commit TO OFF")
+            try:
+                yield cursor, sql
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
         finally:
             if level is not None:
-                with db.cursor() as cursor:
-                    cursor.execute(f"PRAGMA synchronous = {int(level):d}")
+                cursor.execute(f"PRAGMA synchronous = {level[1]:d}")
+            cursor.close()
+
+
+class _Qmark:
+    """A Django cursor given the backend's ``?`` statements (inside a test's transaction)."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.cursor.execute(sql.replace("?", "%s"), params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cursor, name)
 
 
 def _refusal(refused: list[tuple[Bucket, int]], tats: dict[Bucket, int], now: int) -> Refusal:
