@@ -162,9 +162,12 @@ def test_a_refused_transaction_does_not_count(smtp_server, make_login, limits):
                 assert client.mail(ALICE)[0] == 250
                 assert client.rcpt("bob@example.org")[0] == 250
                 assert client.data(b"Subject: refuse\r\n\r\nno\r\n")[0] == 550
-            for _ in range(5):  # a sender the policy refuses (553 after the reservation)
+            for _ in range(5):  # a sender the policy refuses (553, before the limits)
                 assert client.mail("mallory@example.net")[0] == 553
-            assert use_of(login) == {"2/hour": 0}
+            # Each MAIL FROM that reached the limits gave back the transaction before it;
+            # the last refused DATA's unit is held until the next one, or the end of the
+            # connection.
+            assert use_of(login) == {"2/hour": 1}
             # The connection goes away in the middle of a transaction.
             assert client.mail(ALICE)[0] == 250
             assert client.rcpt("bob@example.org")[0] == 250
@@ -242,3 +245,26 @@ def test_sessions_racing_for_the_last_units_get_exactly_the_limit(smtp_server, m
         for client in clients:
             client.quit()
     assert stored() == 5
+
+
+def test_a_recipient_refused_after_its_reservation_is_given_back(smtp_server, make_login, limits):
+    limits(recipients=["3/hour"])
+    login = make_login(ALICE, PASSWORD)
+
+    def refuse_nobody(recipient, conn_meta):
+        if recipient.user == "nobody":
+            reject(550, "5.1.1 no such user")
+
+    with hooks.override("smtp_server_rcpt_to", refuse_nobody):
+        with quitting(session(smtp_server)) as client:
+            assert client.mail(ALICE)[0] == 250
+            assert client.rcpt("ann@example.org")[0] == 250
+            assert client.rcpt("nobody@example.org")[0] == 550  # reserved, then refused
+            assert client.data(BODY)[0] == 250
+            assert use_of(login) == {"3/hour": 2}
+            # The next MAIL FROM settles: the stored message keeps the one unit it used.
+            assert client.mail(ALICE)[0] == 250
+            assert use_of(login) == {"3/hour": 2}
+            assert client.rset()[0] == 250
+        smtp_server.settle()
+    assert use_of(login) == {"3/hour": 1}

@@ -77,12 +77,7 @@ BUILTINS: dict[str, list[str]] = {
         "kumosubmit.policy.limits.rcpt_to",
         "kumosubmit.policy.sendlimits.rcpt_to",
     ],
-    "smtp_server_data": [
-        # First, so this wrapper hears of any refusal of DATA (and gives back).
-        "kumosubmit.policy.sendlimits.data",
-        "kumosubmit.policy.senders.data",
-    ],
-    "smtp_server_message_received": ["kumosubmit.policy.sendlimits.message_received"],
+    "smtp_server_data": ["kumosubmit.policy.senders.data"],
 }
 
 #: The built-in answer of an authentication event, used when the project has no handler.

@@ -1,24 +1,24 @@
 """Sending limits per login and app password: ``451 4.7.1`` at MAIL FROM or RCPT TO.
 
-Wrappers (async generator handlers) of four events; only messages that got
-their ``250`` use up the allowance (docs/limits.md):
+Two built-in handlers; only messages that got their ``250`` use up the allowance
+(docs/limits.md):
 
-- ``smtp_server_mail_from``: refuses a suspended login; gives back what an
-  earlier transaction of the connection reserved and did not use; reserves
-  one message and one recipient against every rule of the login (and of its app
-  password), or refuses with the time to retry. If the chain then refuses the
-  sender, the reservation is given back at once.
-- ``smtp_server_rcpt_to``: the first recipient is already reserved; each further
-  one reserves one more (a recipient refused later keeps its unit for the next).
-- ``smtp_server_data``: a refused DATA gives everything back.
-- ``smtp_server_message_received``: once the message is stored (``True`` with
-  the ``250``) the reservation stands, less any recipient units not used;
-  otherwise it is given back.
+- ``smtp_server_mail_from`` (after the sender policy): settles the connection's
+  previous transaction, then refuses a suspended login, then reserves one message and
+  one recipient against every rule of the login (and of its app password), or
+  refuses with the time to retry.
+- ``smtp_server_rcpt_to``: the first recipient is reserved already; each further one
+  reserves one more.
 
-A transaction that ends otherwise (RSET, a new MAIL FROM after a failure, the
-connection lost) is given back at the next MAIL FROM or when the connection
-ends. The first refusal of a rule in its window sends the owner and the admins
-a notice (kumosubmit/sendlimits/notice.py).
+Settling a transaction (at the next MAIL FROM, or when the connection ends): if the
+connection stored a message since the reservation (``conn_meta["messages_accepted"]``
+moved on; the spool counts it after the commit, before the ``250``), the reservation
+stands, less the recipient units no accepted recipient used; otherwise (RSET, a refused
+DATA, a refused sender or recipient after the reservation, a spool failure, the
+connection lost) it is given back. So at most one transaction's reservation is
+pending per connection, and settling costs nothing when there is nothing to give back.
+The first refusal of a rule in its window sends the owner and the admins a notice
+(kumosubmit/sendlimits/notice.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 from kumosubmit import metrics
 from kumosubmit.conf import app_settings
 from kumosubmit.db import run_db
-from kumosubmit.hooks import EnvelopeAddress, Message, reject
+from kumosubmit.hooks import EnvelopeAddress, reject
 from kumosubmit.hooks.dryrun import is_dry_run
 from kumosubmit.meta import ConnectionMeta
 from kumosubmit.sendlimits import notice, sessions, suspicion
@@ -61,12 +60,16 @@ _closing: set[asyncio.Task[None]] = set()
 
 @dataclass
 class Pending:
-    """What the current transaction has reserved and not yet made good."""
+    """What the current transaction has reserved and not yet settled."""
 
-    items: list[tuple[Bucket, int]] = field(default_factory=list)
-    recipients_reserved: int = 0
-    recipients_accepted: int = 0
+    items: list[tuple[Bucket, int]]
+    #: conn_meta["messages_accepted"] when it was made: more later means it was stored.
+    messages_before: int
+    #: The transaction it was made for (its ``recipients``: those accepted).
+    transaction: Any
     recipient_buckets: tuple[Bucket, ...] = ()
+    recipients_reserved: int = 0
+    limits: sessions.SessionLimits | None = field(default=None, repr=False)
 
 
 def in_words(seconds: float) -> str:
@@ -102,23 +105,31 @@ async def session_limits(conn_meta: ConnectionMeta) -> sessions.SessionLimits | 
     return limits
 
 
-async def _give_back(conn_meta: ConnectionMeta) -> None:
-    """Release what the current transaction reserved (nothing if it reserved nothing)."""
+async def settle(conn_meta: ConnectionMeta) -> None:
+    """Settle the reservation of the connection's last transaction (see the module's
+    docstring): keep what a stored message used, give back the rest."""
     pending: Pending | None = conn_meta.cache.pop(PENDING, None)
-    if pending is None or not pending.items:
+    if pending is None:
         return
-    try:
-        await get_backend().arelease(pending.items)
-    except Exception:  # stricter than it should be for a while; never a reason to fail
-        log.exception(
-            "conn %s: could not release a sending-limit reservation", conn_meta["conn_id"]
-        )
+    stored = conn_meta["messages_accepted"] > pending.messages_before
+    if stored:
+        spare = pending.recipients_reserved - len(pending.transaction.recipients)
+        back = [(bucket, spare) for bucket in pending.recipient_buckets] if spare > 0 else []
+    else:
+        back = pending.items
+    if back:
+        try:
+            await get_backend().arelease(back)
+        except Exception:  # stricter than it should be for a while; never a reason to fail
+            log.exception("conn %s: could not give back a reservation", conn_meta["conn_id"])
+    if stored and app_settings.SUSPEND_FACTOR and pending.limits is not None:
+        await suspicion.observe(pending.limits, conn_meta)
 
 
 def _at_close(conn_meta: ConnectionMeta) -> None:
     if PENDING not in conn_meta.cache:
         return
-    task = asyncio.get_running_loop().create_task(_give_back(conn_meta))
+    task = asyncio.get_running_loop().create_task(settle(conn_meta))
     _closing.add(task)
     task.add_done_callback(_closing.discard)
 
@@ -177,80 +188,47 @@ def limit_notice(refusal: Refusal, limits: sessions.SessionLimits) -> notice.Not
 # -- the handlers ------------------------------------------------------------------------
 
 
-async def mail_from(
-    sender: EnvelopeAddress, conn_meta: ConnectionMeta
-) -> AsyncGenerator[None, Any]:
-    await _give_back(conn_meta)  # an earlier transaction that was not stored
+async def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
+    await settle(conn_meta)  # the previous transaction, stored or not
     limits = await session_limits(conn_meta)
     if limits is None:
-        yield
         return
     if limits.suspended or conn_meta.cache.get(suspicion.SUSPENDED_NOW):
         metrics.send_limited("suspended")
         reject(*SUSPENDED)
-    items = [(bucket, 1) for bucket in (*limits.of(MESSAGES), *limits.of(RECIPIENTS))]
-    if not items or is_dry_run(conn_meta):
-        yield
-        return
-    refusal = await get_backend().areserve(items)
-    if refusal is not None:
-        await _refused(refusal, limits, conn_meta)
-        reject(451, refusal_text(refusal, limits))
     recipients = limits.of(RECIPIENTS)
+    items = [(bucket, 1) for bucket in (*limits.of(MESSAGES), *recipients)]
+    if (not items and not app_settings.SUSPEND_FACTOR) or is_dry_run(conn_meta):
+        return
+    if items:
+        refusal = await get_backend().areserve(items)
+        if refusal is not None:
+            await _refused(refusal, limits, conn_meta)
+            reject(451, refusal_text(refusal, limits))
     conn_meta.cache[PENDING] = Pending(
-        items=items, recipients_reserved=1 if recipients else 0, recipient_buckets=recipients
+        items=items,
+        messages_before=conn_meta["messages_accepted"],
+        transaction=conn_meta.transaction,
+        recipient_buckets=recipients,
+        recipients_reserved=1 if recipients else 0,
+        limits=limits,
     )
     if not conn_meta.cache.get(CLOSE_HOOKED):
         conn_meta.cache[CLOSE_HOOKED] = True
         conn_meta.on_close.append(functools.partial(_at_close, conn_meta))
-    accepted = yield
-    if not accepted:
-        await _give_back(conn_meta)
 
 
-async def rcpt_to(
-    recipient: EnvelopeAddress, conn_meta: ConnectionMeta
-) -> AsyncGenerator[None, Any]:
+async def rcpt_to(recipient: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
     pending: Pending | None = conn_meta.cache.get(PENDING)
     if pending is None or not pending.recipient_buckets:
-        yield
         return
-    if pending.recipients_accepted >= pending.recipients_reserved:
-        items = [(bucket, 1) for bucket in pending.recipient_buckets]
-        refusal = await get_backend().areserve(items)
-        if refusal is not None:
-            limits = conn_meta.cache[LIMITS]
-            await _refused(refusal, limits, conn_meta)
-            reject(451, refusal_text(refusal, limits))
-        pending.items += items
-        pending.recipients_reserved += 1
-    accepted = yield
-    if accepted:
-        pending.recipients_accepted += 1
-
-
-async def data(message: Message, conn_meta: ConnectionMeta) -> AsyncGenerator[None, Any]:
-    accepted = yield
-    if not accepted:
-        await _give_back(conn_meta)
-
-
-async def message_received(
-    message: Message, conn_meta: ConnectionMeta
-) -> AsyncGenerator[None, Any]:
-    stored = yield
-    if not stored:
-        await _give_back(conn_meta)
-        return
-    pending: Pending | None = conn_meta.cache.pop(PENDING, None)
-    if pending is not None:
-        spare = pending.recipients_reserved - pending.recipients_accepted
-        if spare > 0:
-            try:
-                await get_backend().arelease([(b, spare) for b in pending.recipient_buckets])
-            except Exception:
-                log.exception("conn %s: could not release spare recipients", conn_meta["conn_id"])
-    if app_settings.SUSPEND_FACTOR and not is_dry_run(conn_meta):
-        limits = conn_meta.cache.get(LIMITS)
-        if limits is not None:
-            await suspicion.observe(limits, conn_meta)
+    if len(pending.transaction.recipients) < pending.recipients_reserved:
+        return  # the unit reserved at MAIL FROM (or for a recipient refused since)
+    items = [(bucket, 1) for bucket in pending.recipient_buckets]
+    refusal = await get_backend().areserve(items)
+    if refusal is not None:
+        assert pending.limits is not None
+        await _refused(refusal, pending.limits, conn_meta)
+        reject(451, refusal_text(refusal, pending.limits))
+    pending.items += items
+    pending.recipients_reserved += 1
