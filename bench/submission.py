@@ -433,6 +433,19 @@ def temporary_postgres(url: str, suffix: str) -> tuple[str, Any]:
 # -- running the load ------------------------------------------------------------------
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` and its descendants (what the server used)."""
+    total = 0
+    for member in loadgen.process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def load(target: Target, plan: Plan, **options: Any) -> dict[str, Any]:
     config = loadgen.Config(
         port=target.port,
@@ -444,7 +457,13 @@ def load(target: Target, plan: Plan, **options: Any) -> dict[str, Any]:
         label=target.name,
         **options,
     )
+    cpu_before = server_cpu_seconds(target.pid)
     result = loadgen.run(config)
+    if result.get("scenario") == "messages" and result.get("count"):
+        # All the server's CPU over the run, AUTH of its sessions included, per message
+        # counted: less sensitive than messages/s to other load on the machine.
+        cpu = server_cpu_seconds(target.pid) - cpu_before
+        result["server_cpu_ms_per_message"] = round(cpu / result["count"] * 1000, 3)
     figures = {k: v for k, v in result.items() if k != "server_processes"}
     print("   ", json.dumps(figures), flush=True)
     return result
@@ -726,6 +745,20 @@ def baseline_verdicts(
                     "pass": ratio >= 0.95,
                 }
             )
+        mine_cpu, theirs_cpu = (
+            mine.get("server_cpu_ms_per_message"),
+            theirs.get("server_cpu_ms_per_message"),
+        )
+        if mine_cpu and theirs_cpu:
+            rows.append(
+                {
+                    "target": f"server CPU per message {key} <= 105 % of {label}",
+                    "value": f"{mine_cpu:.3f} ms = {mine_cpu / theirs_cpu:.0%} of "
+                    f"{theirs_cpu:.3f} ms",
+                    "threshold": f"<= {1.05 * theirs_cpu:.3f} ms",
+                    "pass": mine_cpu <= 1.05 * theirs_cpu,
+                }
+            )
         if mine.get("p99_ms") and theirs.get("p99_ms"):
             rows.append(
                 {
@@ -787,6 +820,18 @@ def print_table(results: dict[str, Any], rows: list[dict[str, Any]], servers: li
             n, c = key.split("x")
             cells = (_rate_cell(messages.get(name, {}).get(key), 0) for name in names)
             print(_row(f"{n}/session, conc {c}", cells))
+        _print_heading("server CPU per message (all the run's CPU, AUTH included)", names)
+        for key in next(iter(messages.values())):
+            n, c = key.split("x")
+            cpu = (
+                _fmt(
+                    (messages.get(name, {}).get(key) or {}).get("server_cpu_ms_per_message"),
+                    " ms",
+                    3,
+                )
+                for name in names
+            )
+            print(_row(f"{n}/session, conc {c}", cpu))
     if results.get("mixed"):
         mixed = results["mixed"]
         _print_heading("mixed: 1 message/session at conc 8 while 8 clients authenticate", names)
