@@ -12,6 +12,8 @@ take seconds, not the 12 minutes the real parameters would (the memory an idle
 session holds does not depend on the hash it was checked with). ``BENCH_KUMOSUBMIT``
 (a JSON object) overrides settings, to measure one against another:
 ``BENCH_KUMOSUBMIT='{"ARGON2_NICENESS": 0}' bench/submission.py --only mixed``.
+``BENCH_REDIS_URL`` adds the cache ``sendlimits`` on that Redis, for the sending limits'
+Redis backend (docs/benchmarks.md).
 """
 
 import json
@@ -37,3 +39,12 @@ if os.environ.get("BENCH_ARGON2") == "cheap":
     # OWASP's floor for argon2id (19 MiB, t=2) would still cost 10,000 x ~25 ms.
     KUMOSUBMIT["ARGON2"] = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
 KUMOSUBMIT.update(json.loads(os.environ.get("BENCH_KUMOSUBMIT") or "{}"))
+if os.environ.get("BENCH_REDIS_URL"):
+    # For the sending limits' Redis backend: "SEND_LIMITS_CACHE": "sendlimits".
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "sendlimits": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["BENCH_REDIS_URL"],
+        },
+    }
