@@ -26,6 +26,14 @@ In one run it starts, side by side on loopback, and measures with bench/loadgen.
 beside kumosubmit, each messages and mixed run in turn with it, and adds targets:
 messages/s and the message p99 within 5 % of that baseline.
 
+``--compare NAME=JSON`` (repeatable) runs this checkout once more under the name NAME, with
+the settings JSON merged into ``KUMOSUBMIT`` (bench/settings.py's ``BENCH_KUMOSUBMIT``), in
+turn with kumosubmit as ``--baseline`` does, and adds the same targets against it;
+``--settings JSON`` does the same for kumosubmit itself. The sending limits' cost, limits
+on (bench/settings.py: the defaults' rules, with counts the load never meets) beside
+limits off (their built-in handlers dropped): ``--only messages --no-postfix --compare
+"limits off=$(cat bench/limits_off.json)"`` (docs/benchmarks.md).
+
 Sections (``--only``): limit, auth, messages, mixed, idle, large. It prints a table
 with each issue-5 target and PASS or MISS. A default run takes about 10-11 minutes;
 ``--quick`` (short durations, small counts) about two.
@@ -61,6 +69,8 @@ import loadgen  # noqa: E402 - bench/ is not a package
 SECTIONS = ("limit", "auth", "messages", "mixed", "idle", "large")
 #: The target name of ``--baseline``'s server.
 BASELINE = "baseline"
+#: Targets that are not kumosubmit measured against another of its configurations.
+OTHERS = ("kumosubmit", BASELINE, "sink", "Postfix")
 POSTFIX_ANCHOR = Path("/work/shared/anchors/postfix-submission.sh")
 POSTFIX_PORT = 10587
 PASSWORD = "pw"  # noqa: S105 - the benchmark logins' password (as the Postfix anchor's)
@@ -232,6 +242,7 @@ class Kumosubmit:
         metrics: bool = False,
         root: Path = ROOT,
         name: str = "kumosubmit",
+        settings: str | None = None,
     ) -> None:
         self.root = root
         self.name = name
@@ -254,6 +265,8 @@ class Kumosubmit:
         }
         if cheap:
             self.env["BENCH_ARGON2"] = "cheap"
+        if settings:
+            self.env["BENCH_KUMOSUBMIT"] = settings
 
     def _manage(self, *args: str) -> None:
         subprocess.run(  # noqa: S603 - our own manage.py
@@ -424,6 +437,19 @@ def temporary_postgres(url: str, suffix: str) -> tuple[str, Any]:
 # -- running the load ------------------------------------------------------------------
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` and its descendants (what the server used)."""
+    total = 0
+    for member in loadgen.process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def load(target: Target, plan: Plan, **options: Any) -> dict[str, Any]:
     config = loadgen.Config(
         port=target.port,
@@ -435,7 +461,13 @@ def load(target: Target, plan: Plan, **options: Any) -> dict[str, Any]:
         label=target.name,
         **options,
     )
+    cpu_before = server_cpu_seconds(target.pid)
     result = loadgen.run(config)
+    if result.get("scenario") == "messages" and result.get("count"):
+        # All the server's CPU over the run, AUTH of its sessions included, per message
+        # counted: less sensitive than messages/s to other load on the machine.
+        cpu = server_cpu_seconds(target.pid) - cpu_before
+        result["server_cpu_ms_per_message"] = round(cpu / result["count"] * 1000, 3)
     figures = {k: v for k, v in result.items() if k != "server_processes"}
     print("   ", json.dumps(figures), flush=True)
     return result
@@ -636,6 +668,8 @@ def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
             }
         )
     rows += baseline_verdicts(results)
+    for name in compared(results):
+        rows += baseline_verdicts(results, name, f"{name!r}")
     idle = results.get("idle")
     if idle:
         rss = idle.get("rss_held_kib")
@@ -689,39 +723,62 @@ def verdicts(results: dict[str, Any], idle_target: int) -> list[dict[str, Any]]:
     return rows
 
 
-def baseline_verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """kumosubmit beside ``--baseline`` (an earlier commit), run for run: within 5 %."""
+def compared(results: dict[str, Any]) -> list[str]:
+    """The names of ``--compare``'s servers that have results."""
+    names = {n for section in ("messages", "mixed") for n in results.get(section) or {}}
+    return sorted(names - set(OTHERS))
+
+
+def baseline_verdicts(
+    results: dict[str, Any], name: str = BASELINE, label: str = "the baseline"
+) -> list[dict[str, Any]]:
+    """kumosubmit beside ``--baseline`` (an earlier commit) or a ``--compare`` server, run
+    for run: within 5 %."""
     rows = []
     messages = results.get("messages") or {}
-    ours, base = messages.get("kumosubmit") or {}, messages.get(BASELINE) or {}
+    ours, base = messages.get("kumosubmit") or {}, messages.get(name) or {}
     for key in ours:
         mine, theirs = ours[key] or {}, base.get(key) or {}
         if mine.get("rate") and theirs.get("rate"):
             ratio = mine["rate"] / theirs["rate"]
             rows.append(
                 {
-                    "target": f"messages/s {key} >= 95 % of the baseline",
+                    "target": f"messages/s {key} >= 95 % of {label}",
                     "value": f"{mine['rate']:.0f}/s = {ratio:.0%} of {theirs['rate']:.0f}",
                     "threshold": f">= {0.95 * theirs['rate']:.0f}/s",
                     "pass": ratio >= 0.95,
                 }
             )
+        mine_cpu, theirs_cpu = (
+            mine.get("server_cpu_ms_per_message"),
+            theirs.get("server_cpu_ms_per_message"),
+        )
+        if mine_cpu and theirs_cpu:
+            rows.append(
+                {
+                    "target": f"server CPU per message {key} <= 105 % of {label}",
+                    "value": f"{mine_cpu:.3f} ms = {mine_cpu / theirs_cpu:.0%} of "
+                    f"{theirs_cpu:.3f} ms",
+                    "threshold": f"<= {1.05 * theirs_cpu:.3f} ms",
+                    "pass": mine_cpu <= 1.05 * theirs_cpu,
+                }
+            )
         if mine.get("p99_ms") and theirs.get("p99_ms"):
             rows.append(
                 {
-                    "target": f"message p99 {key} <= 105 % of the baseline",
-                    "value": f"{mine['p99_ms']:.1f} ms (baseline {theirs['p99_ms']:.1f} ms)",
+                    "target": f"message p99 {key} <= 105 % of {label}",
+                    "value": f"{mine['p99_ms']:.1f} ms ({label} {theirs['p99_ms']:.1f} ms)",
                     "threshold": f"<= {1.05 * theirs['p99_ms']:.1f} ms",
                     "pass": mine["p99_ms"] <= 1.05 * theirs["p99_ms"],
                 }
             )
     mixed = results.get("mixed") or {}
-    mine, theirs = mixed.get("kumosubmit") or {}, mixed.get(BASELINE) or {}
+    mine, theirs = mixed.get("kumosubmit") or {}, mixed.get(name) or {}
     if mine.get("p99_ms") and theirs.get("p99_ms"):
         rows.append(
             {
-                "target": "mixed: message p99 <= 105 % of the baseline",
-                "value": f"{mine['p99_ms']:.1f} ms (baseline {theirs['p99_ms']:.1f} ms)",
+                "target": f"mixed: message p99 <= 105 % of {label}",
+                "value": f"{mine['p99_ms']:.1f} ms ({label} {theirs['p99_ms']:.1f} ms)",
                 "threshold": f"<= {1.05 * theirs['p99_ms']:.1f} ms",
                 "pass": mine["p99_ms"] <= 1.05 * theirs["p99_ms"],
             }
@@ -730,7 +787,9 @@ def baseline_verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_table(results: dict[str, Any], rows: list[dict[str, Any]], servers: list[str]) -> None:
-    names = [n for n in ("kumosubmit", BASELINE, "sink", "Postfix") if n in servers]
+    names = [n for n in ("kumosubmit", BASELINE) if n in servers]
+    names += [n for n in servers if n not in OTHERS]
+    names += [n for n in ("sink", "Postfix") if n in servers]
     print()
     limit = results.get("limit")
     if limit:
@@ -765,6 +824,18 @@ def print_table(results: dict[str, Any], rows: list[dict[str, Any]], servers: li
             n, c = key.split("x")
             cells = (_rate_cell(messages.get(name, {}).get(key), 0) for name in names)
             print(_row(f"{n}/session, conc {c}", cells))
+        _print_heading("server CPU per message (all the run's CPU, AUTH included)", names)
+        for key in next(iter(messages.values())):
+            n, c = key.split("x")
+            cpu = (
+                _fmt(
+                    (messages.get(name, {}).get(key) or {}).get("server_cpu_ms_per_message"),
+                    " ms",
+                    3,
+                )
+                for name in names
+            )
+            print(_row(f"{n}/session, conc {c}", cpu))
     if results.get("mixed"):
         mixed = results["mixed"]
         _print_heading("mixed: 1 message/session at conc 8 while 8 clients authenticate", names)
@@ -825,6 +896,7 @@ def servers(
     """Start what the sections need; stop everything, whatever happens."""
     needs_all = any(s in sections for s in ("auth", "messages", "mixed", "large"))
     kumo = baseline = sink = postfix = None
+    others: list[Kumosubmit] = []
     drops: list[Any] = []
     notes = ""
     targets: dict[str, Target] = {}
@@ -839,7 +911,12 @@ def servers(
     try:
         if needs_all:
             print("starting kumosubmit, the sink and Postfix ...", flush=True)
-            kumo = Kumosubmit(directory / "kumosubmit", database("main"), options.workers)
+            kumo = Kumosubmit(
+                directory / "kumosubmit",
+                database("main"),
+                options.workers,
+                settings=options.settings,
+            )
             targets["kumosubmit"] = kumo.start()
             if options.baseline:
                 baseline = Kumosubmit(
@@ -850,6 +927,16 @@ def servers(
                     name=BASELINE,
                 )
                 targets[BASELINE] = baseline.start()
+            for n, (name, settings) in enumerate(options.compare or []):
+                other = Kumosubmit(
+                    directory / f"compare{n}",
+                    database(f"compare{n}"),
+                    options.workers,
+                    name=name,
+                    settings=settings,
+                )
+                others.append(other)
+                targets[name] = other.start()
             sink = Sink(options.workers)
             targets["sink"] = sink.start()
             if not options.no_postfix:
@@ -877,12 +964,34 @@ def servers(
             kumo.stop()
         if baseline is not None:
             baseline.stop()
+        for other in others:
+            other.stop()
         if sink is not None:
             sink.stop()
         if postfix is not None:
             postfix.stop()
         for drop in drops:
             drop()
+
+
+def _json_object(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("a JSON object is needed, e.g. '{\"SEND_LIMITS\": null}'")
+    return text
+
+
+def _compare(text: str) -> tuple[str, str]:
+    name, equals, settings = text.partition("=")
+    name = name.strip()
+    if not equals or not name or name in OTHERS:
+        raise argparse.ArgumentTypeError(
+            f"NAME=JSON, with a NAME other than {', '.join(OTHERS)}: {text!r}"
+        )
+    return name, _json_object(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -902,6 +1011,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="a checkout of another commit (git worktree add PATH COMMIT): its runsmtpd "
         "runs beside this one, each run in turn, and kumosubmit must stay within 5 %% of it",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="JSON",
+        type=_json_object,
+        help="settings merged into kumosubmit's KUMOSUBMIT (BENCH_KUMOSUBMIT)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        metavar="NAME=JSON",
+        type=_compare,
+        help="run this checkout again as NAME with these settings merged into KUMOSUBMIT, "
+        "each run in turn with kumosubmit, which must stay within 5 %% of it (repeatable)",
     )
     parser.add_argument(
         "--seconds",

@@ -362,7 +362,8 @@ def _check_auth_lanes() -> list[Error | Warning]:
     if values["SPRAY_QUEUE"] > values["QUEUE"]:
         errors.append(error("['SPRAY_QUEUE'] is above ['QUEUE']: a spray would loosen the lane."))
     hook_timeout = app_settings.HOOK_TIMEOUT
-    if _is_number(hook_timeout) and values["MAX_WAIT"] >= hook_timeout:
+    # (A HOOK_TIMEOUT that is no positive number is E011 already.)
+    if _is_number(hook_timeout) and hook_timeout > 0 and values["MAX_WAIT"] >= hook_timeout:
         errors.append(
             Warning(
                 f"KUMOSUBMIT['AUTH_LANES']['MAX_WAIT'] ({values['MAX_WAIT']} s) is not below "
@@ -821,3 +822,107 @@ def check_oauth(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]
             )
         )
     return errors
+
+
+@register()
+def check_send_limits(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """SEND_LIMITS and the settings around it (read by kumosubmit/sendlimits/)."""
+    from kumosubmit.sendlimits.backends import CacheBackend, SendLimitBackend
+    from kumosubmit.sendlimits.notice import DELIVERIES
+    from kumosubmit.sendlimits.rules import KINDS, RuleError, parse_limits, parse_rules
+
+    errors = []
+    try:
+        parse_limits(app_settings.SEND_LIMITS, where="KUMOSUBMIT['SEND_LIMITS']")
+    except RuleError as problem:
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['SEND_LIMITS']: {problem}.",
+                hint=f"A dict of {' and '.join(KINDS)}, each a list of rules like "
+                "'30/minute' (N/second, minute, hour or day) or None; None for no limits.",
+                id="kumosubmit.E060",
+            )
+        )
+    path = app_settings.SEND_LIMITS_BACKEND
+    try:
+        backend = import_string(path)
+    except ImportError:
+        backend = None
+    if not (isinstance(backend, type) and issubclass(backend, SendLimitBackend)):
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['SEND_LIMITS_BACKEND'] {path!r} is not a SendLimitBackend.",
+                hint="kumosubmit.sendlimits.backends.DatabaseBackend (the default) or "
+                "kumosubmit.sendlimits.backends.CacheBackend (Redis).",
+                id="kumosubmit.E061",
+            )
+        )
+    elif issubclass(backend, CacheBackend):
+        errors += _check_limits_cache()
+    if app_settings.SEND_LIMITS_NOTICE not in DELIVERIES:
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['SEND_LIMITS_NOTICE'] is {app_settings.SEND_LIMITS_NOTICE!r}.",
+                hint="'spool' (kumosubmit's own queue), 'email_backend' (Django's "
+                "EMAIL_BACKEND) or None (no notice).",
+                id="kumosubmit.E063",
+            )
+        )
+    near = app_settings.SEND_LIMITS_NEAR
+    if not _is_number(near) or not 0 < near <= 1:
+        errors.append(
+            Error(
+                "KUMOSUBMIT['SEND_LIMITS_NEAR'] must be a share above 0 and at most 1.",
+                hint="The admin lists a credential as near a limit from this share on (0.8).",
+                id="kumosubmit.E063",
+            )
+        )
+    factor = app_settings.SUSPEND_FACTOR
+    if factor is not None and (not _is_number(factor) or factor <= 1):
+        errors.append(
+            Error(
+                "KUMOSUBMIT['SUSPEND_FACTOR'] must be None (off) or a number above 1.",
+                hint="A login sending more than this many times its usual rate is suspended.",
+                id="kumosubmit.E064",
+            )
+        )
+    try:
+        floor = parse_rules([app_settings.SUSPEND_MIN_RATE])
+    except RuleError:
+        floor = None
+    if not floor:
+        errors.append(
+            Error(
+                f"KUMOSUBMIT['SUSPEND_MIN_RATE'] {app_settings.SUSPEND_MIN_RATE!r} is not a "
+                "rule like '20/hour'.",
+                hint="The usual rate a login is held to when its own is lower (or unknown).",
+                id="kumosubmit.E064",
+            )
+        )
+    return errors
+
+
+def _check_limits_cache() -> list[Error]:
+    from django.conf import settings
+
+    alias = app_settings.SEND_LIMITS_CACHE
+    config = (getattr(settings, "CACHES", {}) or {}).get(alias)
+    if config is None:
+        problem = f"there is no cache {alias!r} in CACHES"
+    elif config.get("BACKEND") != "django.core.cache.backends.redis.RedisCache":
+        problem = f"the cache {alias!r} is a {config.get('BACKEND')}, not Django's RedisCache"
+    else:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            problem = "the redis package is not installed (pip install 'kumosubmit[redis]')"
+        else:
+            return []
+    return [
+        Error(
+            f"KUMOSUBMIT['SEND_LIMITS_CACHE']: {problem}.",
+            hint="The Redis backend needs a cache with BACKEND "
+            "'django.core.cache.backends.redis.RedisCache' and LOCATION 'redis://HOST:PORT'.",
+            id="kumosubmit.E062",
+        )
+    ]

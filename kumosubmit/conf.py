@@ -229,6 +229,32 @@ DEFAULTS: dict[str, Any] = {
         # Seconds the lane stays tightened after the spray was last seen.
         "SPRAY_HOLD": 120,
     },
+    # -- sending limits (kumosubmit/sendlimits/, docs/limits.md) ----------------------
+    # What one login may send, by default: per kind, a list of rules "N/second|minute|
+    # hour|day" (KumoMTA's throttle notation), or None for no limit of that kind. A
+    # login may have its own (admin, createsmtpuser); an app password tighter ones.
+    # Over a rule: 451 4.7.1 at MAIL FROM or RCPT TO. None: no limits at all.
+    "SEND_LIMITS": {"MESSAGES": ["30/minute", "1000/day"], "RECIPIENTS": ["5000/day"]},
+    # Where the counts are kept, shared by every process and host: the database, or
+    # "kumosubmit.sendlimits.backends.CacheBackend" (Redis, via SEND_LIMITS_CACHE).
+    "SEND_LIMITS_BACKEND": "kumosubmit.sendlimits.backends.DatabaseBackend",
+    # The CACHES alias the Redis backend uses (a django.core.cache.backends.redis.RedisCache).
+    "SEND_LIMITS_CACHE": "default",
+    # How the owner and the ADMINS hear of a limit reached (once per rule and window):
+    # "spool" (a message in kumosubmit's own queue, relayed as any other),
+    # "email_backend" (Django's send_mail), or None (no notice).
+    "SEND_LIMITS_NOTICE": "spool",
+    # The address of the admin and self-service pages, for the links in notices
+    # (e.g. "https://mail.example.com"); None: the links are paths.
+    "SITE_URL": None,
+    # The admin lists a credential as near a limit from this share of it on.
+    "SEND_LIMITS_NEAR": 0.8,
+    # Suspicion: a login sending more than SUSPEND_FACTOR times its usual rate (its
+    # average over the last week, or SUSPEND_MIN_RATE if that is higher) over the last
+    # hour is suspended: AUTH works, MAIL FROM gets 451 4.7.1 until an admin lifts it.
+    # None: off.
+    "SUSPEND_FACTOR": None,
+    "SUSPEND_MIN_RATE": "20/hour",
     # -- sender policy -------------------------------------------------------------
     # After AUTH, MAIL FROM must be an address the login may send as (553 5.7.1 if not).
     "CHECK_SENDER": True,

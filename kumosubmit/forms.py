@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 
 from kumosubmit.credentials.models import SmtpLogin, normalize_username
+from kumosubmit.sendlimits.forms import RulesField
 
 
 def password_fields() -> tuple[forms.CharField, forms.CharField]:
@@ -62,6 +63,18 @@ def check_passwords(form: forms.BaseForm, login: SmtpLogin) -> None:
 class SmtpLoginChangeForm(forms.ModelForm):
     """Edit a login. The hash is no field here, so a POSTed one is ignored."""
 
+    message_limits = RulesField(
+        label=_("Message limits"),
+        help_text=_(
+            "E.g. “30/minute, 1000/day”. Empty: the site's defaults (SEND_LIMITS); "
+            "“none”: no limit."
+        ),
+    )
+    recipient_limits = RulesField(
+        label=_("Recipient limits"),
+        help_text=_("E.g. “5000/day”. Empty: the site's defaults; “none”: no limit."),
+    )
+
     class Meta:
         model = SmtpLogin
         fields = [
@@ -71,6 +84,8 @@ class SmtpLoginChangeForm(forms.ModelForm):
             "require_app_passwords",
             "must_change_password",
             "is_decoy",
+            "message_limits",
+            "recipient_limits",
         ]
 
     def clean_username(self) -> str:

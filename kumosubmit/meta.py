@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -84,10 +84,13 @@ class JsonMeta(dict[str, Any]):
 class ConnectionMeta(JsonMeta):
     """Per-connection metadata shared by all hooks (a dict of JSON values).
 
-    Besides the dict, two attributes that are never stored: ``transaction``,
-    the current mail transaction as the hooks saw it (sender and accepted
-    recipients), and ``cache``, objects a handler keeps for the connection
-    (the built-in sender policy keeps the login's allowed senders there).
+    Besides the dict, attributes that are never stored: ``transaction``, the
+    current mail transaction as the hooks saw it (sender and accepted
+    recipients); ``cache``, objects a handler keeps for the connection (the
+    built-in sender policy keeps the login's allowed senders there); and
+    ``on_close``, functions the server calls (with no argument) when the
+    connection ends, whatever ended it (the sending limits give back what an
+    unfinished transaction had reserved).
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class ConnectionMeta(JsonMeta):
         self.ended: datetime | None = None
         self.transaction: Any = None  # kumosubmit.hooks.events.Transaction, once MAIL FROM ran
         self.cache: dict[str, Any] = {}
+        self.on_close: list[Callable[[], None]] = []
 
     def set_peer(self, address: str | None, port: int | None) -> None:
         """The client (after a PROXY header, the real one)."""

@@ -37,6 +37,8 @@ ARGON2_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LANE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: The argon2 pool's lanes (kumosubmit.credentials.hashing.LANES).
 AUTH_LANES = ("priority", "bounded")
+#: What a sending-limit refusal is counted under.
+SEND_LIMITED_KINDS = ("messages", "recipients", "suspended")
 
 #: The listener kinds a connection is counted under.
 LISTENERS = ("starttls", "implicit-tls", "proxy")
@@ -60,6 +62,7 @@ class _Metrics:
     lane_wait: Any
     lane_refusals: Any
     spray_active: Any
+    send_limited: Any
 
 
 _m: _Metrics | None = None
@@ -194,6 +197,13 @@ def _make() -> _Metrics:
             "1 while a password spray is seen (the bounded lane is tightened site-wide).",
             multiprocess_mode="livemax",
         ),
+        send_limited=Counter(
+            "kumosubmit_send_limited",
+            "Commands refused with 451 4.7.1 by the sending limits, by kind: messages "
+            "(at MAIL FROM), recipients (at MAIL FROM or RCPT TO), suspended (a login "
+            "suspended for its rate).",
+            ["kind"],
+        ),
     )
     # Series that exist from the start, so a rate() has a zero to start from.
     for listener in LISTENERS:
@@ -205,6 +215,8 @@ def _make() -> _Metrics:
         m.lane_queue.labels(lane)
         m.lane_wait.labels(lane)
         m.lane_refusals.labels(lane)
+    for kind in SEND_LIMITED_KINDS:
+        m.send_limited.labels(kind)
     return m
 
 
@@ -226,6 +238,11 @@ def connection_closed(listener: str, *, proxy: bool) -> None:
 def auth_attempt(mechanism: str, outcome: str) -> None:
     if _m is not None:
         _m.auth_attempts.labels(mechanism, outcome).inc()
+
+
+def send_limited(kind: str) -> None:
+    if _m is not None:
+        _m.send_limited.labels(kind).inc()
 
 
 def message_accepted(size: int) -> None:

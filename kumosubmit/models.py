@@ -12,6 +12,7 @@ from kumosubmit.credentials.models import (
     SprayMark,
 )
 from kumosubmit.oauth.models import SmtpToken
+from kumosubmit.sendlimits.models import SendLimitState, SendRate
 from kumosubmit.spool.models import Message
 from kumosubmit.web.models import Passkey
 
@@ -25,6 +26,8 @@ __all__ = [
     "Message",
     "Passkey",
     "SeenAddress",
+    "SendLimitState",
+    "SendRate",
     "SmtpLogin",
     "SmtpToken",
     "SprayEvent",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from django.core import serializers
 from kumosubmit import hooks
 from kumosubmit.credentials.models import AuthorizedIdentity, SmtpLogin
 from tests.live import LiveSMTPServer
+from tests.redisutil import REDIS_SERVER, RedisServer
 from tests.tlsutil import TestPKI, make_pki
 
 
@@ -118,3 +120,17 @@ def smtp_server(
 def data_dir(settings, tmp_path: Path) -> Path:
     settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "DATA_DIR": tmp_path}
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """Our own redis-server (the OS package's binary) for the whole run; skipped without it."""
+    if REDIS_SERVER is None:
+        if os.environ.get("KUMOSUBMIT_REQUIRE_REDIS"):  # set by .ci/run
+            pytest.fail("redis-server is not installed (make system-packages)")
+        pytest.skip("redis-server is not installed (make system-packages)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -118,10 +118,11 @@ KUMOSUBMIT = {
         ],
     },
     "BUILTIN_HOOKS": {
-        # The message limit stays; the sender policy is replaced by one that knows the dict.
+        # The limits stay; the sender policy is replaced by one that knows the dict.
         "smtp_server_mail_from": [
             "kumosubmit.policy.limits.mail_from",
             "tests.hook_examples.sender_policy",
+            "kumosubmit.policy.sendlimits.mail_from",
         ],
     },
 }

@@ -21,6 +21,9 @@ KUMOSUBMIT = {
     # The tests of other things sign staff in with force_login; tests/web/test_second_factor.py
     # sets the policy it tests.
     "SECOND_FACTOR": "none",
+    # The defaults' rules (two message rules, one recipient rule), wide enough that no test
+    # other than tests/test_sendlimits*.py meets them: every session runs the limits' code.
+    "SEND_LIMITS": {"MESSAGES": ["100000/minute", "1000000/day"], "RECIPIENTS": ["5000000/day"]},
 }
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

@@ -21,6 +21,20 @@ def test_project_settings_pass(settings):
     assert ids(settings) == []
 
 
+def test_valid_send_limits_pass(settings):
+    assert ids(settings, SEND_LIMITS=None, SUSPEND_FACTOR=10) == []
+    assert ids(settings, SEND_LIMITS={"MESSAGES": ["5/s", "100/hours"], "RECIPIENTS": None}) == []
+    settings.CACHES = {
+        **settings.CACHES,
+        "limits": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:6379",
+        },
+    }
+    backend = "kumosubmit.sendlimits.backends.CacheBackend"
+    assert ids(settings, SEND_LIMITS_BACKEND=backend, SEND_LIMITS_CACHE="limits") == []
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -39,6 +53,21 @@ def test_project_settings_pass(settings):
         ({"HOOKS": {"smtp_server_auth_plain": "no.such.module.check"}}, ["kumosubmit.E008"]),
         ({"SPOOL_BACKEND": "no.such.Spool"}, ["kumosubmit.E009"]),
         ({"METRICS_LISTEN": "9587"}, ["kumosubmit.E040"]),
+        ({"SEND_LIMITS": {"MESSAGES": ["30/fortnight"]}}, ["kumosubmit.E060"]),
+        ({"SEND_LIMITS": {"MESSAGES": "thirty"}}, ["kumosubmit.E060"]),
+        ({"SEND_LIMITS": {"MESSAGES": ["0/minute"]}}, ["kumosubmit.E060"]),
+        ({"SEND_LIMITS": {"MAILS": ["30/minute"]}}, ["kumosubmit.E060"]),
+        ({"SEND_LIMITS": ["30/minute"]}, ["kumosubmit.E060"]),
+        ({"SEND_LIMITS_BACKEND": "no.such.Backend"}, ["kumosubmit.E061"]),
+        ({"SEND_LIMITS_BACKEND": "kumosubmit.spool.orm.DatabaseSpool"}, ["kumosubmit.E061"]),
+        (
+            {"SEND_LIMITS_BACKEND": "kumosubmit.sendlimits.backends.CacheBackend"},
+            ["kumosubmit.E062"],  # the default cache is not a RedisCache
+        ),
+        ({"SEND_LIMITS_NOTICE": "pigeon"}, ["kumosubmit.E063"]),
+        ({"SEND_LIMITS_NEAR": 80}, ["kumosubmit.E063"]),
+        ({"SUSPEND_FACTOR": 0.5}, ["kumosubmit.E064"]),
+        ({"SUSPEND_MIN_RATE": "often"}, ["kumosubmit.E064"]),
         ({"METRICS_LISTEN": ["127.0.0.1:9587"]}, ["kumosubmit.E040"]),
     ],
 )

@@ -22,7 +22,7 @@ from kumosubmit.audit.models import ConnectionRecord
 from kumosubmit.credentials.service import authenticate
 from kumosubmit.hooks import Reject
 from kumosubmit.meta import ConnectionMeta
-from kumosubmit.policy import limits
+from kumosubmit.policy import limits, sendlimits
 from kumosubmit.spool.models import Message
 from tests import hook_examples
 from tests.live import RawClient, plain_blob, quitting
@@ -120,10 +120,10 @@ def test_the_builtin_hooks_snippet(settings):
     namespace: dict = {}
     exec(doc_snippet('"BUILTIN_HOOKS"'), namespace)  # noqa: S102
     settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, **namespace["KUMOSUBMIT"]}
-    assert hooks.get_handlers("smtp_server_mail_from") == [limits.mail_from]
+    assert hooks.get_handlers("smtp_server_mail_from") == [limits.mail_from, sendlimits.mail_from]
     # No penalties; the login check stays, being no built-in of the list.
     assert hooks.get_handlers("smtp_server_auth_plain") == [authenticate]
-    assert hooks.get_handlers("smtp_server_rcpt_to") == [limits.rcpt_to]
+    assert hooks.get_handlers("smtp_server_rcpt_to") == [limits.rcpt_to, sendlimits.rcpt_to]
 
 
 # -- a deny-listed peer at connection --------------------------------------------------------

@@ -33,6 +33,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 
 from kumosubmit.admin.policy import policy_check_view
+from kumosubmit.conf import app_settings
 from kumosubmit.credentials import hashing, throttle
 from kumosubmit.credentials.models import (
     AllowedSender,
@@ -42,6 +43,8 @@ from kumosubmit.credentials.models import (
     SmtpLogin,
 )
 from kumosubmit.forms import SmtpLoginChangeForm, SmtpLoginCreationForm, SmtpLoginPasswordForm
+from kumosubmit.sendlimits.suspicion import lift
+from kumosubmit.sendlimits.usage import app_password_uses, fullest, login_uses
 
 sensitive_post_parameters_m = method_decorator(sensitive_post_parameters("password1", "password2"))
 
@@ -126,6 +129,23 @@ def login_counters(queryset: QuerySet[SmtpLogin]) -> QuerySet[AuthFailureCounter
     ).filter(Q(kind=throttle.LOGIN, value__in=names) | Q(kind=throttle.PAIR, pair_login__in=names))
 
 
+class SuspendedFilter(admin.SimpleListFilter):
+    """Logins suspended for their sending rate (SUSPEND_FACTOR)."""
+
+    title = _("suspended")
+    parameter_name = "suspended"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, Any]]:
+        return [("yes", _("Yes")), ("no", _("No"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(suspended_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(suspended_at__isnull=True)
+        return queryset
+
+
 @admin.register(SmtpLogin)
 class SmtpLoginAdmin(admin.ModelAdmin):
     """Logins, modelled on Django's UserAdmin: the hash is shown masked, never edited."""
@@ -137,6 +157,10 @@ class SmtpLoginAdmin(admin.ModelAdmin):
         (
             _("Policy"),
             {"fields": ("require_app_passwords", "must_change_password", "is_decoy")},
+        ),
+        (
+            _("Sending limits"),
+            {"fields": ("message_limits", "recipient_limits", "send_limit_use", "suspension")},
         ),
         (_("App passwords"), {"fields": ("app_passwords",)}),
         (
@@ -165,6 +189,8 @@ class SmtpLoginAdmin(admin.ModelAdmin):
                     "owner",
                     "require_app_passwords",
                     "is_decoy",
+                    "message_limits",
+                    "recipient_limits",
                 ),
             },
         ),
@@ -177,6 +203,8 @@ class SmtpLoginAdmin(admin.ModelAdmin):
         "last_used_from",
         "related",
         "app_passwords",
+        "send_limit_use",
+        "suspension",
     )
     inlines = [AuthorizedIdentityInline, AllowedSenderInline]
     list_display = (
@@ -186,14 +214,75 @@ class SmtpLoginAdmin(admin.ModelAdmin):
         "require_app_passwords",
         "must_change_password",
         "is_decoy",
+        "sending",
         "last_used_at",
         "last_used_from",
         "created_at",
     )
-    list_filter = ("is_active", "must_change_password", "require_app_passwords", "is_decoy")
+    list_filter = (
+        "is_active",
+        SuspendedFilter,
+        "must_change_password",
+        "require_app_passwords",
+        "is_decoy",
+    )
     search_fields = ("username",)  # and the owner's name: get_search_fields()
     list_select_related = ("owner",)
-    actions = ["activate", "deactivate", "force_password_change", "lift_blocks"]
+    actions = [
+        "activate",
+        "deactivate",
+        "force_password_change",
+        "lift_blocks",
+        "lift_suspension",
+    ]
+
+    @admin.display(description=_("sending"))
+    def sending(self, login: SmtpLogin) -> str:
+        """The rule closest to its limit ("messages today: 37 of 1000"), or the suspension."""
+        if login.suspended_at is not None:
+            return format_html('<strong class="errornote">{}</strong>', gettext("suspended"))
+        try:
+            use = fullest(login)
+        except Exception:  # a Redis that cannot be reached must not break the list
+            return "?"
+        if use is None:
+            return gettext("no limit")
+        if use.share >= app_settings.SEND_LIMITS_NEAR:
+            return format_html("<strong>{}</strong>", str(use))
+        return str(use)
+
+    @admin.display(description=_("use now"))
+    def send_limit_use(self, login: SmtpLogin) -> str:
+        """Each rule of the login and of its live app passwords, with its use."""
+        try:
+            rows = [
+                (gettext("the login"), str(use), f"{use.share:.0%}") for use in login_uses(login)
+            ]
+            for app_password in login.app_passwords.live():
+                rows += [
+                    (app_password.label, str(use), f"{use.share:.0%}")
+                    for use in app_password_uses(app_password)
+                ]
+        except Exception:  # a Redis that cannot be reached must not break the page
+            return gettext("The use cannot be read right now.")
+        if not rows:
+            return gettext("No limit applies.")
+        return format_html(
+            "<table><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    @admin.display(description=_("suspension"))
+    def suspension(self, login: SmtpLogin) -> str:
+        if login.suspended_at is None:
+            return gettext("Not suspended.")
+        return format_html(
+            "<strong>{}</strong> {}: {}. {}",
+            gettext("Suspended"),
+            _when(login.suspended_at),
+            login.suspended_reason,
+            gettext("The action “Lift the suspension” on the list ends it."),
+        )
 
     def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
         # The owner's name is whatever field the user model signs in with: a custom
@@ -420,6 +509,28 @@ class SmtpLoginAdmin(admin.ModelAdmin):
     def lift_blocks(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Reset the failed-AUTH counters of the logins (their own and per-address ones)."""
         lift_counters(self, request, login_counters(queryset))
+
+    @admin.action(
+        description=_("Lift the suspension of selected logins (sending rate)"),
+        permissions=["change"],
+    )
+    def lift_suspension(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Let suspended logins send again, and forget the rates that suspended them."""
+        logins = [login for login in queryset.filter(suspended_at__isnull=False) if lift(login)]
+        LogEntry.objects.log_actions(
+            request.user.pk, logins, CHANGE, [{"changed": {"fields": ["suspension lifted"]}}]
+        )
+        count = len(logins)
+        self.message_user(
+            request,
+            ngettext(
+                "The suspension of %d login was lifted.",
+                "The suspensions of %d logins were lifted.",
+                count,
+            )
+            % count,
+            messages.SUCCESS,
+        )
 
 
 class AppPasswordStatusFilter(admin.SimpleListFilter):

@@ -54,6 +54,32 @@ class SmtpLogin(models.Model):
             "owner on the self-service pages or here. App passwords keep working."
         ),
     )
+    # Sending limits (kumosubmit/sendlimits/): a list of rules like "30/minute" per kind;
+    # None takes the site's KUMOSUBMIT["SEND_LIMITS"], [] is no limit.
+    message_limits = models.JSONField(
+        _("message limits"),
+        null=True,
+        blank=True,
+        default=None,
+        help_text=_("Messages this login may send, e.g. 30/minute, 1000/day."),
+    )
+    recipient_limits = models.JSONField(
+        _("recipient limits"),
+        null=True,
+        blank=True,
+        default=None,
+        help_text=_("Recipients this login may send to, e.g. 5000/day."),
+    )
+    suspended_at = models.DateTimeField(
+        _("suspended"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("Sending far above its usual rate: MAIL FROM is refused until lifted."),
+    )
+    suspended_reason = models.CharField(
+        _("why suspended"), max_length=255, blank=True, default="", editable=False
+    )
     require_app_passwords = models.BooleanField(
         _("app passwords only"),
         null=True,
@@ -367,6 +393,10 @@ class AppPassword(models.Model):
     last_used_from = models.GenericIPAddressField(
         _("last used from"), null=True, blank=True, editable=False
     )
+
+    # Limits of its own, within its login's (None: only the login's apply).
+    message_limits = models.JSONField(_("message limits"), null=True, blank=True, default=None)
+    recipient_limits = models.JSONField(_("recipient limits"), null=True, blank=True, default=None)
 
     objects = AppPasswordQuerySet.as_manager()
 

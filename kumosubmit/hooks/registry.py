@@ -78,8 +78,13 @@ BUILTINS: dict[str, list[str]] = {
     "smtp_server_mail_from": [
         "kumosubmit.policy.limits.mail_from",
         "kumosubmit.policy.senders.mail_from",
+        # Last, so a sender refused by the policy above reserves nothing.
+        "kumosubmit.policy.sendlimits.mail_from",
     ],
-    "smtp_server_rcpt_to": ["kumosubmit.policy.limits.rcpt_to"],
+    "smtp_server_rcpt_to": [
+        "kumosubmit.policy.limits.rcpt_to",
+        "kumosubmit.policy.sendlimits.rcpt_to",
+    ],
     "smtp_server_data": ["kumosubmit.policy.senders.data"],
 }
 

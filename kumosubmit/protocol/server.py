@@ -304,6 +304,11 @@ class SubmissionSMTP(SMTP):
             meta["bytes_accepted"],
             time.monotonic() - self._started,
         )
+        for callback in meta.on_close:
+            try:
+                callback()
+            except Exception:
+                log.exception("conn %s: a connection-end callback failed", meta["conn_id"])
         self.state.audit.submit(meta)
 
     async def handle_exception(self, error: Exception) -> str:

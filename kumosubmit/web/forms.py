@@ -16,8 +16,11 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 
-from kumosubmit.credentials.models import AppPassword
+from kumosubmit.credentials.models import AppPassword, SmtpLogin
 from kumosubmit.forms import SmtpLoginPasswordForm
+from kumosubmit.sendlimits.forms import RulesField
+from kumosubmit.sendlimits.rules import MESSAGES, RECIPIENTS, format_rules, parse_rules, wider_than
+from kumosubmit.sendlimits.sessions import login_rules
 from kumosubmit.web.backends import BLOCKED_ATTRIBUTE
 
 BLOCKED_MESSAGE = _(
@@ -149,3 +152,44 @@ class LoginPasswordForm(SmtpLoginPasswordForm):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.fields["password1"].label = _("New password")
         self.fields["password2"].label = _("New password again")
+
+
+class AppPasswordLimitsForm(forms.ModelForm):
+    """Tighter limits for one app password; each rule within the login's own."""
+
+    message_limits = RulesField(
+        allow_none=False,
+        label=_("Messages"),
+        help_text=_("E.g. “10/hour, 100/day”. Empty: only the login's limits apply."),
+    )
+    recipient_limits = RulesField(
+        allow_none=False,
+        label=_("Recipients"),
+        help_text=_("E.g. “500/day”. Empty: only the login's limits apply."),
+    )
+
+    class Meta:
+        model = AppPassword
+        fields = ["message_limits", "recipient_limits"]
+
+    def __init__(self, login: SmtpLogin, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.login_rules = login_rules(login)
+
+    def _within(self, field: str, kind: str) -> list[str] | None:
+        value = self.cleaned_data.get(field)
+        ceiling = self.login_rules[kind]
+        wider = wider_than(parse_rules(value) or (), ceiling)
+        if wider:
+            raise forms.ValidationError(
+                _("%(rules)s would allow more than the login's own limits (%(login)s).")
+                % {"rules": format_rules(wider), "login": format_rules(ceiling)},
+                code="wider",
+            )
+        return value
+
+    def clean_message_limits(self) -> list[str] | None:
+        return self._within("message_limits", MESSAGES)
+
+    def clean_recipient_limits(self) -> list[str] | None:
+        return self._within("recipient_limits", RECIPIENTS)

@@ -7,6 +7,7 @@ protection; the pages are plain HTML forms that work without JavaScript.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,9 +31,17 @@ from kumosubmit.credentials import service
 from kumosubmit.credentials.models import AppPassword, SmtpLogin, create_app_password
 from kumosubmit.oauth import tokens as oauth_tokens
 from kumosubmit.oauth.models import SmtpToken
+from kumosubmit.sendlimits.usage import app_password_uses, login_uses
 from kumosubmit.web.account import sign_in_required
-from kumosubmit.web.forms import AppPasswordForm, LoginPasswordForm, SmtpTokenForm
+from kumosubmit.web.forms import (
+    AppPasswordForm,
+    AppPasswordLimitsForm,
+    LoginPasswordForm,
+    SmtpTokenForm,
+)
 from kumosubmit.web.second_factor import step_up
+
+log = logging.getLogger("kumosubmit.web")
 
 #: How many audit rows, and how many revoked or expired app passwords, the login page shows.
 RECENT_SIGN_INS = 20
@@ -143,6 +152,17 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "kumosubmit/credentials/index.html", {"logins": logins})
 
 
+def _limit_uses(login: SmtpLogin, app_passwords: list[AppPassword]) -> list[Any] | None:
+    """Each live credential's use of its limits: (label, app password or None, uses)."""
+    try:
+        rows: list[Any] = [(gettext("This login"), None, login_uses(login))]
+        rows += [(p.label, p, app_password_uses(p)) for p in app_passwords]
+    except Exception:  # the limits' store cannot be reached: the page still works
+        log.exception("could not read the sending limits' use of %s", login.username)
+        return None
+    return rows
+
+
 def _detail_context(login: SmtpLogin) -> dict[str, Any]:
     now = timezone.now()
     live = list(login.app_passwords.live(now))
@@ -157,6 +177,7 @@ def _detail_context(login: SmtpLogin) -> dict[str, Any]:
         "max_app_passwords": app_settings.MAX_APP_PASSWORDS,
         "sign_ins": recent_sign_ins(login),
         **_token_context(login, now),
+        "limit_uses": _limit_uses(login, live),
     }
 
 
@@ -315,4 +336,27 @@ def revoke_token(request: HttpRequest, login_id: int, token_id: int) -> HttpResp
         return HttpResponseRedirect(reverse("credentials:login", args=[login.pk]))
     return render(
         request, "kumosubmit/credentials/token_revoke.html", {"login": login, "smtp_token": row}
+    )
+
+
+@sign_in_required
+@require_http_methods(["GET", "POST"])
+def app_password_limits(request: HttpRequest, login_id: int, app_password_id: int) -> HttpResponse:
+    """Limits of an app password's own, within its login's (empty: the login's only)."""
+    login = _own_login(request, login_id)
+    app_password = get_object_or_404(AppPassword.objects.live(), pk=app_password_id, login=login)
+    form = AppPasswordLimitsForm(
+        login, request.POST if request.method == "POST" else None, instance=app_password
+    )
+    if form.is_valid():
+        form.save()
+        messages.success(
+            request,
+            gettext("The limits of the app password “%s” were saved.") % app_password.label,
+        )
+        return HttpResponseRedirect(reverse("credentials:login", args=[login.pk]) + "#limits")
+    return render(
+        request,
+        "kumosubmit/credentials/app_password_limits.html",
+        {"login": login, "app_password": app_password, "form": form},
     )

@@ -418,7 +418,10 @@ class Sender(threading.Thread):
 
 
 def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path, pki, make_login):
-    make_login(ALICE, PASSWORD)
+    login = make_login(ALICE, PASSWORD)
+    # Far more than the default sending limits' 30 messages a minute: no limits here.
+    login.message_limits = login.recipient_limits = []
+    login.save()
     env = command_env(tmp_path / "data")
     port = free_port()
     server = ManageProcess("runsmtpd", "--listen", f"127.0.0.1:{port}", *pki.cert_args(), env=env)

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Model
 
 from kumosubmit.credentials.models import AuthorizedIdentity, SmtpLogin, normalize_username
+from kumosubmit.management.commands._limits import add_limit_arguments, apply_limits, describe
 from kumosubmit.management.commands._passwords import add_password_arguments, read_password
 
 USERNAME_MAX_LENGTH = SmtpLogin._meta.get_field("username").max_length
@@ -45,6 +46,7 @@ class Command(BaseCommand):
             metavar="DJANGO_USERNAME",
             help="The site user this login belongs to.",
         )
+        add_limit_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         username = _valid_name(options["username"], "login")
@@ -54,6 +56,7 @@ class Command(BaseCommand):
         owner = _owner(options["owner"]) if options["owner"] is not None else None
 
         login = SmtpLogin(username=username, is_active=not options["inactive"], owner=owner)
+        limits = apply_limits(login, options)
         login.set_password(read_password(options, self.stderr, login))
         try:
             with transaction.atomic():
@@ -66,6 +69,8 @@ class Command(BaseCommand):
                 raise CommandError(f"SMTP login {username} already exists.") from None
             raise
         self.stdout.write(f"Created SMTP login {login.username}.")
+        if limits:
+            self.stdout.write(f"Sending limits: {describe(login)}.")
 
 
 def _valid_name(value: str, what: str) -> str:
