@@ -11,7 +11,8 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/kumosubmit
 
 # Debian packages some tests drive as real peers: HAProxy in front of the listener, Postfix
 # as the relay's upstream, Chromium for the pages, Dovecot's doveadm for imported hashes,
-# redis-server for the sending limits' Redis backend (the tests start their own on a free port).
+# redis-server for the sending limits' Redis backend (the tests start their own on a free port),
+# msmtp and curl as OAuth mail clients.
 SYSTEM_PACKAGES := haproxy postfix chromium dovecot-core redis-server msmtp curl
 
 .PHONY: install system-packages run admin test test-sqlite test-postgres lint screenshots clean
