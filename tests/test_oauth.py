@@ -254,6 +254,21 @@ def test_failures_count_as_penalties(smtp_server, alice, settings):
     assert code == 421
 
 
+def test_tokens_take_the_auth_lanes(smtp_server, alice, token, settings):
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "BRUTE_FORCE": {"DELAY": 0}}
+    with quitting(smtp_server.starttls()) as client:
+        assert bad_attempt(client, "XOAUTH2", xoauth2(ALICE, "guess-guess"))[1][0] == 535
+    good = token()
+    with quitting(smtp_server.starttls()) as client:
+        assert client.docmd("AUTH", "XOAUTH2 " + xoauth2(ALICE, good))[0] == 235
+    with quitting(smtp_server.starttls()) as client:
+        assert client.docmd("AUTH", "XOAUTH2 " + xoauth2(ALICE, good))[0] == 235
+    smtp_server.settle()
+    lanes = [r.auth_lane for r in ConnectionRecord.objects.order_by("started_at")]
+    # Unknown pair (the failure, the first success) in the bounded lane; then known.
+    assert lanes == ["bounded", "bounded", "priority"]
+
+
 def test_a_hook_of_ones_own(smtp_server, make_login, secret_watch):
     make_login(ALICE, "own password of alice")
     secret_watch.add("project-token-1234")

@@ -74,7 +74,10 @@ BUILTINS: dict[str, list[str]] = {
         "kumosubmit.policy.penalties.auth_plain",
         "kumosubmit.policy.lanes.auth_plain",
     ],
-    "smtp_server_auth_oauthbearer": ["kumosubmit.policy.penalties.auth_oauthbearer"],
+    "smtp_server_auth_oauthbearer": [
+        "kumosubmit.policy.penalties.auth_oauthbearer",
+        "kumosubmit.policy.lanes.auth_oauthbearer",
+    ],
     "smtp_server_mail_from": [
         "kumosubmit.policy.limits.mail_from",
         "kumosubmit.policy.senders.mail_from",

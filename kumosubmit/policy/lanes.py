@@ -111,3 +111,19 @@ async def auth_plain(
             spray = None
         if lane == lanes.BOUNDED and (standing.spray or spray is not None):
             delay_reply(conn_meta, policy.spray_delay)
+
+
+async def auth_oauthbearer(
+    authz: str, token: str, conn_meta: ConnectionMeta
+) -> AsyncGenerator[None, Any]:
+    """The same lanes around ``smtp_server_auth_oauthbearer``, keyed on the identity the
+    token is offered for (``authz``): a place in the bounded lane for an unknown pair,
+    spray detection over failed tokens, the pair known after a success."""
+    lane = auth_plain(authz, authz, "", conn_meta)
+    await lane.__anext__()
+    verdict = yield
+    try:
+        await lane.asend(verdict)
+    except StopAsyncIteration:
+        return
+    await lane.aclose()  # pragma: no cover - auth_plain yields once
