@@ -50,6 +50,7 @@ COLUMNS = (
     "auth_attempts",
     "messages_accepted",
     "bytes_accepted",
+    "auth_lane",
     "meta",
 )
 
@@ -105,6 +106,7 @@ def rows(count: int, days: float, seed: int = 20) -> Iterator[tuple]:
             attempts,
             messages,
             messages * 4096,
+            "bounded" if authc else "",
             json.dumps(meta),
         )
 

@@ -234,7 +234,7 @@ DEFAULTS: dict[str, Any] = {
     # hour|day" (KumoMTA's throttle notation), or None for no limit of that kind. A
     # login may have its own (admin, createsmtpuser); an app password tighter ones.
     # Over a rule: 451 4.7.1 at MAIL FROM or RCPT TO. None: no limits at all.
-    "SEND_LIMITS": {"MESSAGES": ["30/minute", "1000/day"], "RECIPIENTS": ["5000/day"]},
+    "SEND_LIMITS": {"MESSAGES": ["500/hour", "2000/day"], "RECIPIENTS": ["5000/day"]},
     # Where the counts are kept, shared by every process and host: the database, or
     # "kumosubmit.sendlimits.backends.CacheBackend" (Redis, via SEND_LIMITS_CACHE).
     "SEND_LIMITS_BACKEND": "kumosubmit.sendlimits.backends.DatabaseBackend",

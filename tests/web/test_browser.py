@@ -103,7 +103,8 @@ def test_create_use_and_revoke_an_app_password(
     # The login's page shows the use: time and address, and the sign-in.
     page.get_by_role("link", name="Done").click()
     page.wait_for_url(f"{base}/credentials/{login.pk}/")
-    row = page.get_by_role("row").filter(has_text="Phone").first
+    app_passwords = page.get_by_role("table", name="App passwords")
+    row = app_passwords.get_by_role("row").filter(has_text="Phone").first
     assert "127.0.0.1" in row.inner_text()
     sign_ins = page.locator("table", has=page.get_by_role("columnheader", name="When"))
     assert "signed in" in sign_ins.inner_text()
