@@ -32,6 +32,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 
+from kumosubmit.admin.common import CredentialStatusFilter
 from kumosubmit.admin.policy import policy_check_view
 from kumosubmit.conf import app_settings
 from kumosubmit.credentials import hashing, throttle
@@ -533,26 +534,6 @@ class SmtpLoginAdmin(admin.ModelAdmin):
         )
 
 
-class AppPasswordStatusFilter(admin.SimpleListFilter):
-    """Active, expired or revoked, as of now (expiry is a time, not a stored flag)."""
-
-    title = _("status")
-    parameter_name = "status"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, Any]]:
-        return list(AppPassword.Status.choices)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        now = timezone.now()
-        if self.value() == AppPassword.Status.ACTIVE:
-            return queryset.live(now)
-        if self.value() == AppPassword.Status.EXPIRED:
-            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
-        if self.value() == AppPassword.Status.REVOKED:
-            return queryset.filter(revoked_at__isnull=False)
-        return queryset
-
-
 @admin.register(AppPassword)
 class AppPasswordAdmin(admin.ModelAdmin):
     """App passwords of all logins: made by their owners, revoked here one by one or in bulk.
@@ -572,7 +553,7 @@ class AppPasswordAdmin(admin.ModelAdmin):
         "last_used_at",
         "last_used_from",
     )
-    list_filter = (AppPasswordStatusFilter, "created_at")
+    list_filter = (CredentialStatusFilter, "created_at")
     list_select_related = ("login",)
     search_fields = ("login__username", "label", "public_id")
     fields = (

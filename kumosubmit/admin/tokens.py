@@ -12,30 +12,12 @@ from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from kumosubmit.admin.common import CredentialStatusFilter
 from kumosubmit.oauth.models import SmtpToken
 from kumosubmit.oauth.tokens import revoke_smtp_token
-
-
-class SmtpTokenStatusFilter(admin.SimpleListFilter):
-    title = _("status")
-    parameter_name = "status"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, Any]]:
-        return list(SmtpToken.Status.choices)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        now = timezone.now()
-        if self.value() == SmtpToken.Status.ACTIVE:
-            return queryset.live(now)
-        if self.value() == SmtpToken.Status.EXPIRED:
-            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
-        if self.value() == SmtpToken.Status.REVOKED:
-            return queryset.filter(revoked_at__isnull=False)
-        return queryset
 
 
 @admin.register(SmtpToken)
@@ -50,7 +32,7 @@ class SmtpTokenAdmin(admin.ModelAdmin):
         "last_used_at",
         "last_used_from",
     )
-    list_filter = (SmtpTokenStatusFilter, "created_at")
+    list_filter = (CredentialStatusFilter, "created_at")
     list_select_related = ("login",)
     search_fields = ("login__username", "label")
     fields = readonly_fields = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -358,25 +359,48 @@ def app_password_id(password: str) -> str | None:
     return match.group(1) if match else None
 
 
-class AppPasswordQuerySet(models.QuerySet["AppPassword"]):
-    def live(self, now: datetime | None = None) -> AppPasswordQuerySet:
+class RevocableQuerySet(models.QuerySet[Any]):
+    """Credentials that can be revoked and may expire (app passwords, SMTP tokens)."""
+
+    def live(self, now: datetime | None = None) -> Any:
         """Neither revoked nor expired."""
         now = now or timezone.now()
         return self.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
 
 
-class AppPassword(models.Model):
+class Revocable:
+    """A credential's status, from its ``revoked_at`` and ``expires_at``: active, expired
+    (a time, not a stored flag) or revoked."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", _("active")
+        EXPIRED = "expired", _("expired")
+        REVOKED = "revoked", _("revoked")
+
+    revoked_at: datetime | None
+    expires_at: datetime | None
+
+    def status(self, now: datetime | None = None) -> str:
+        if self.revoked_at is not None:
+            return self.Status.REVOKED
+        if self.expires_at is not None and self.expires_at <= (now or timezone.now()):
+            return self.Status.EXPIRED
+        return self.Status.ACTIVE
+
+    def get_status_display(self) -> str:
+        return str(self.Status(self.status()).label)
+
+    def is_live(self, now: datetime | None = None) -> bool:
+        return self.status(now) == self.Status.ACTIVE
+
+
+class AppPassword(Revocable, models.Model):
     """A generated password for one login, for one mail client; revocable on its own.
 
     The server makes it (``ksub_<id>_<secret>``, 130 bits of secret), shows it
     once, and keeps only its argon2id hash. AUTH accepts it as the password of
     its login until it is revoked or expires.
     """
-
-    class Status(models.TextChoices):
-        ACTIVE = "active", _("active")
-        EXPIRED = "expired", _("expired")
-        REVOKED = "revoked", _("revoked")
 
     login = models.ForeignKey(
         SmtpLogin, on_delete=models.CASCADE, related_name="app_passwords", verbose_name=_("login")
@@ -398,7 +422,7 @@ class AppPassword(models.Model):
     message_limits = models.JSONField(_("message limits"), null=True, blank=True, default=None)
     recipient_limits = models.JSONField(_("recipient limits"), null=True, blank=True, default=None)
 
-    objects = AppPasswordQuerySet.as_manager()
+    objects = RevocableQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("app password")
@@ -412,19 +436,6 @@ class AppPassword(models.Model):
     def hint(self) -> str:
         """What may be shown of it: the prefix and public id, never the secret."""
         return f"{APP_PASSWORD_PREFIX}{self.public_id}_…"
-
-    def status(self, now: datetime | None = None) -> str:
-        if self.revoked_at is not None:
-            return self.Status.REVOKED
-        if self.expires_at is not None and self.expires_at <= (now or timezone.now()):
-            return self.Status.EXPIRED
-        return self.Status.ACTIVE
-
-    def get_status_display(self) -> str:
-        return str(self.Status(self.status()).label)
-
-    def is_live(self, now: datetime | None = None) -> bool:
-        return self.status(now) == self.Status.ACTIVE
 
     def revoke(self) -> bool:
         """Revoke it now; False if it was revoked already (the first time is kept)."""

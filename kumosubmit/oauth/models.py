@@ -8,30 +8,14 @@ the same checksum the toolkit looks tokens up by.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from django.db import models
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from kumosubmit.credentials.models import SmtpLogin
+from kumosubmit.credentials.models import Revocable, RevocableQuerySet, SmtpLogin
 
 
-class SmtpTokenQuerySet(models.QuerySet["SmtpToken"]):
-    def live(self, now: datetime | None = None) -> SmtpTokenQuerySet:
-        now = now or timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(
-            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
-        )
-
-
-class SmtpToken(models.Model):
+class SmtpToken(Revocable, models.Model):
     """An OAuth access token with the ``smtp`` scope, made for one login."""
-
-    class Status(models.TextChoices):
-        ACTIVE = "active", _("active")
-        EXPIRED = "expired", _("expired")
-        REVOKED = "revoked", _("revoked")
 
     login = models.ForeignKey(
         SmtpLogin, on_delete=models.CASCADE, related_name="tokens", verbose_name=_("login")
@@ -53,7 +37,7 @@ class SmtpToken(models.Model):
         _("last used from"), null=True, blank=True, editable=False
     )
 
-    objects = SmtpTokenQuerySet.as_manager()
+    objects = RevocableQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("SMTP token")
@@ -62,16 +46,3 @@ class SmtpToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} (token {self.pk})"
-
-    def status(self, now: datetime | None = None) -> str:
-        if self.revoked_at is not None:
-            return self.Status.REVOKED
-        if self.expires_at is not None and self.expires_at <= (now or timezone.now()):
-            return self.Status.EXPIRED
-        return self.Status.ACTIVE
-
-    def get_status_display(self) -> str:
-        return str(self.Status(self.status()).label)
-
-    def is_live(self, now: datetime | None = None) -> bool:
-        return self.status(now) == self.Status.ACTIVE
