@@ -207,15 +207,19 @@ async def check(policy: Policy, address: str | None, authc: str) -> Standing:
 
 def throttle_and_lane(
     throttle_policy: throttle.Policy, policy: Policy, address: str | None, authc: str
-) -> tuple[throttle.Standing, Standing]:
+) -> tuple[throttle.Standing, Standing | None]:
     """The brute-force standing and the lane of an attempt, in one trip to the database.
 
     Every AUTH needs both before its password is looked at; in a spray, most of the
     database thread's work is these lookups, and one trip instead of two halves its queue.
+    A blocked attempt needs no lane (None): a flood of them costs one query each.
     """
     now = timezone.now()
     keys = throttle.Keys.of(throttle_policy, address, authc)
-    return throttle._standing(throttle_policy, keys, now), _standing(policy, authc, address, now)
+    standing = throttle._standing(throttle_policy, keys, now)
+    if standing.block is not None:
+        return standing, None
+    return standing, _standing(policy, authc, address, now)
 
 
 #: conn_meta.cache key: the lane standing looked up with the brute-force one, for this attempt.

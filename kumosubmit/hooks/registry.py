@@ -70,8 +70,8 @@ EVENTS: dict[str, str] = {
 #: event's list). One module per concern, under kumosubmit/policy/.
 BUILTINS: dict[str, list[str]] = {
     "smtp_server_auth_plain": [
-        "kumosubmit.policy.decoys.auth_plain",
         "kumosubmit.policy.penalties.auth_plain",
+        "kumosubmit.policy.decoys.auth_plain",
         "kumosubmit.policy.lanes.auth_plain",
     ],
     "smtp_server_auth_oauthbearer": [

@@ -77,7 +77,8 @@ async def _penalize(authc: str, conn_meta: ConnectionMeta) -> AsyncGenerator[Non
             standing, lane = await run_db(
                 lanes.throttle_and_lane, policy, lanes_policy, address, authc
             )
-            conn_meta.cache[lanes.PREFETCHED] = (address, authc, lane)
+            if lane is not None:
+                conn_meta.cache[lanes.PREFETCHED] = (address, authc, lane)
         else:
             standing = await throttle.check(policy, address, authc)
     except Exception:
