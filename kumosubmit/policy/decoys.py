@@ -1,14 +1,14 @@
 """Decoy logins (honeytokens): no one has a reason to try one, so whoever does is an attacker.
 
-A wrapper around ``smtp_server_auth_plain``, after the failed-AUTH penalties (an
-address or login blocked already is refused there, with no look-up here) and
-before the lanes: an AUTH naming a login marked as a decoy
-(``SmtpLogin.is_decoy``) blocks the client's address at once on every host
-sharing the database (the address block of credentials/throttle.py), before any
-password is checked, and alerts the site's admins (``notices.adecoy_used``). The
-client gets what a wrong password gets, ``535 5.7.8`` after about as long as a verification takes here, counted and
-delayed by the penalties as a wrong password is, so it cannot tell a decoy from a
-real login; its next AUTH meets the block.
+A wrapper around ``smtp_server_auth_plain``, after the failed-AUTH penalties (an address
+or login blocked already is refused there, with no look-up here) and before the lanes:
+an AUTH naming a login marked as a decoy (``SmtpLogin.is_decoy``) blocks the client's
+address at once on every host sharing the database (the address block of
+credentials/throttle.py), before any password is checked, and alerts the site's admins
+(``notices.adecoy_used``). The client gets what a wrong password gets, ``535 5.7.8``
+after about as long as a verification takes here, counted and delayed by the penalties
+as a wrong password is, so it cannot tell a decoy from a real login; its next AUTH meets
+the block.
 """
 
 from __future__ import annotations
