@@ -3,8 +3,8 @@
 Used by ``bench/submission.py`` (``DJANGO_SETTINGS_MODULE=bench.settings``). Every
 load-generator client connects from one address, so the per-address and total
 connection caps would turn the benchmark into a test of the caps; each session
-may send the 500 messages the benchmark asks of it, and the sending limits have the
-defaults' rules with counts the load never reaches. The brute-force counters stay
+may send the 500 messages the benchmark asks of it, and the sending limits cost what the
+defaults' rules cost, with counts the load never reaches. The brute-force counters stay
 on: their bookkeeping is part of what every AUTH costs. Argon2 keeps the
 production parameters (kumosubmit.conf DEFAULTS["ARGON2"]) unless
 ``BENCH_ARGON2=cheap``, which the idle-sessions section uses so that 10,000 AUTHs
@@ -28,12 +28,15 @@ KUMOSUBMIT = {
     "MAX_CONNECTIONS": 30_000,
     "MAX_CONNECTIONS_PER_IP": 30_000,
     "MAX_MESSAGES_PER_CONNECTION": 1000,
-    # The sending limits' default rules (two message rules, one recipient rule), with counts
-    # no load here meets: every message pays for its reservation, none is refused.
+    # The sending limits' default rules (500/hour and 2000/day messages, 5000/day
+    # recipients) with 1000 times the counts, which no load here meets, and a thousandth
+    # of the lease: each connection reserves ahead 5, 20 and 50 units, as on the real
+    # defaults, so every message pays what it pays there, and none is refused.
     "SEND_LIMITS": {
-        "MESSAGES": ["1000000/minute", "100000000/day"],
-        "RECIPIENTS": ["500000000/day"],
+        "MESSAGES": ["500000/hour", "2000000/day"],
+        "RECIPIENTS": ["5000000/day"],
     },
+    "SEND_LIMITS_LEASE": 0.00001,
 }
 if os.environ.get("BENCH_ARGON2") == "cheap":
     # OWASP's floor for argon2id (19 MiB, t=2) would still cost 10,000 x ~25 ms.

@@ -877,6 +877,16 @@ def check_send_limits(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="kumosubmit.E063",
             )
         )
+    lease = app_settings.SEND_LIMITS_LEASE
+    if lease is not None and (not _is_number(lease) or not 0 <= lease <= 0.1):
+        errors.append(
+            Error(
+                "KUMOSUBMIT['SEND_LIMITS_LEASE'] must be a share from 0 to 0.1.",
+                hint="A connection reserves ahead up to this share of a rule's count "
+                "(0.01, the default); 0 never reserves ahead.",
+                id="kumosubmit.E065",
+            )
+        )
     factor = app_settings.SUSPEND_FACTOR
     if factor is not None and (not _is_number(factor) or factor <= 1):
         errors.append(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -89,8 +89,9 @@ class ConnectionMeta(JsonMeta):
     recipients); ``cache``, objects a handler keeps for the connection (the
     built-in sender policy keeps the login's allowed senders there); and
     ``on_close``, functions the server calls (with no argument) when the
-    connection ends, whatever ended it (the sending limits give back what an
-    unfinished transaction had reserved).
+    connection ends, whatever ended it; one may return a coroutine, which runs
+    as background work that a shutdown waits for (the sending limits give back
+    what an unfinished transaction had reserved, and what the connection held).
     """
 
     def __init__(
@@ -126,7 +127,7 @@ class ConnectionMeta(JsonMeta):
         self.ended: datetime | None = None
         self.transaction: Any = None  # kumosubmit.hooks.events.Transaction, once MAIL FROM ran
         self.cache: dict[str, Any] = {}
-        self.on_close: list[Callable[[], None]] = []
+        self.on_close: list[Callable[[], Coroutine[Any, Any, None] | None]] = []
 
     def set_peer(self, address: str | None, port: int | None) -> None:
         """The client (after a PROXY header, the real one)."""

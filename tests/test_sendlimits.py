@@ -15,7 +15,7 @@ from django.core import mail
 from kumosubmit import hooks
 from kumosubmit.credentials.models import AllowedSender, create_app_password
 from kumosubmit.hooks import reject
-from kumosubmit.sendlimits.backends import get_backend
+from kumosubmit.sendlimits.backends import get_backend, now_us
 from kumosubmit.sendlimits.sessions import login_buckets
 from kumosubmit.spool.models import Message
 from tests.live import plain_blob, quitting
@@ -98,6 +98,7 @@ def test_a_burst_up_to_the_rule_and_no_more(smtp_server, make_login, limits):
     assert text.startswith("4.7.1 Sending limit of this login reached (5 messages per minute);")
     assert "try again in 12 seconds" in text or "try again in 11 seconds" in text
     assert stored() == 5
+    smtp_server.settle()  # the connection gives back what it held of 1000/day
     assert use_of(login) == {"5/minute": 5, "1000/day": 5}
 
 
@@ -268,3 +269,38 @@ def test_a_recipient_refused_after_its_reservation_is_given_back(smtp_server, ma
             assert client.rset()[0] == 250
         smtp_server.settle()
     assert use_of(login) == {"3/hour": 1}
+
+
+def test_a_busy_connection_reserves_ahead_and_gives_back_the_rest(smtp_server, make_login, limits):
+    # 1 % of 1000 is 10: this connection's trips to the store take 1, 2, then 4 units.
+    limits(messages=["1000/day"])
+    login = make_login(ALICE, PASSWORD)
+    with quitting(session(smtp_server)) as client:
+        assert [send_one(client)[0] for _ in range(6)] == [250] * 6
+        # Held by the open connection, not yet used: counted as used meanwhile.
+        assert use_of(login) == {"1000/day": 7}
+    smtp_server.settle()
+    assert use_of(login) == {"1000/day": 6}
+    assert stored() == 6
+
+
+def test_near_the_limit_a_connection_asks_for_exactly_what_it_needs(
+    smtp_server, make_login, limits
+):
+    limits(messages=["200/hour"])  # a lease of 2
+    login = make_login(ALICE, PASSWORD)
+    (bucket,) = login_buckets(login)
+    assert get_backend().reserve([(bucket, 198)], now_us()) is None
+    with quitting(session(smtp_server)) as client:
+        # The second message's trip would take 2 (201 of 200): it takes its 1 instead.
+        assert [send_one(client)[0] for _ in range(3)] == [250, 250, 451]
+    smtp_server.settle()
+    assert use_of(login) == {"200/hour": 200}
+
+
+def test_without_leases_every_message_is_its_own_reservation(smtp_server, make_login, limits):
+    limits(messages=["1000/day"], SEND_LIMITS_LEASE=0)
+    login = make_login(ALICE, PASSWORD)
+    with quitting(session(smtp_server)) as client:
+        assert [send_one(client)[0] for _ in range(3)] == [250] * 3
+        assert use_of(login) == {"1000/day": 3}

@@ -103,6 +103,7 @@ def send(smtp_server, password, count):
         assert client.docmd("AUTH", "PLAIN " + plain_blob("", ALICE, password))[0] == 235
         for _ in range(count):
             client.sendmail(ALICE, ["bob@example.org"], BODY)
+    smtp_server.settle()  # what the connection held ahead is given back at its end
 
 
 def test_the_page_shows_each_credentials_use(smtp_server, owner_client, secret_watch, settings):

@@ -17,16 +17,18 @@ stands, less the recipient units no accepted recipient used; otherwise (RSET, a 
 DATA, a refused sender or recipient after the reservation, a spool failure, the
 connection lost) it is given back. So at most one transaction's reservation is
 pending per connection, and settling costs nothing when there is nothing to give back.
-The first refusal of a rule in its window sends the owner and the admins a notice
+What a connection reserves, it may reserve ahead of its next messages, and what it gives
+back it may keep for them (kumosubmit/sendlimits/leases.py); what it holds goes back when
+it ends. The first refusal of a rule in its window sends the owner and the admins a notice
 (kumosubmit/sendlimits/notice.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +41,7 @@ from kumosubmit.hooks.dryrun import is_dry_run
 from kumosubmit.meta import ConnectionMeta
 from kumosubmit.sendlimits import notice, sessions, suspicion
 from kumosubmit.sendlimits.backends import Bucket, Refusal, get_backend
+from kumosubmit.sendlimits.leases import Lease
 from kumosubmit.sendlimits.rules import MESSAGES, RECIPIENTS
 
 log = logging.getLogger("kumosubmit.sendlimits")
@@ -46,6 +49,7 @@ log = logging.getLogger("kumosubmit.sendlimits")
 #: conn_meta.cache keys.
 LIMITS = "send_limits"
 PENDING = "send_limits_pending"
+LEASE = "send_limits_lease"
 CLOSE_HOOKED = "send_limits_on_close"
 
 SUSPENDED = (
@@ -53,9 +57,6 @@ SUSPENDED = (
     "4.7.1 This login is suspended for sending far above its usual rate; "
     "its owner and the administrators have been told",
 )
-
-#: Releases scheduled when a connection ended, kept until they finish.
-_closing: set[asyncio.Task[None]] = set()
 
 
 @dataclass
@@ -107,7 +108,8 @@ async def session_limits(conn_meta: ConnectionMeta) -> sessions.SessionLimits | 
 
 async def settle(conn_meta: ConnectionMeta) -> None:
     """Settle the reservation of the connection's last transaction (see the module's
-    docstring): keep what a stored message used, give back the rest."""
+    docstring): keep what a stored message used, give back the rest (to the connection's
+    lease first, up to it)."""
     pending: Pending | None = conn_meta.cache.pop(PENDING, None)
     if pending is None:
         return
@@ -118,20 +120,39 @@ async def settle(conn_meta: ConnectionMeta) -> None:
     else:
         back = pending.items
     if back:
-        try:
-            await get_backend().arelease(back)
-        except Exception:  # stricter than it should be for a while; never a reason to fail
-            log.exception("conn %s: could not give back a reservation", conn_meta["conn_id"])
+        await _release(conn_meta, lease_of(conn_meta).give_back(back))
     if stored and app_settings.SUSPEND_FACTOR and pending.limits is not None:
         await suspicion.observe(pending.limits, conn_meta)
 
 
-def _at_close(conn_meta: ConnectionMeta) -> None:
-    if PENDING not in conn_meta.cache:
+def lease_of(conn_meta: ConnectionMeta) -> Lease:
+    """The units the connection holds ahead (kumosubmit/sendlimits/leases.py)."""
+    lease: Lease | None = conn_meta.cache.get(LEASE)
+    if lease is None:
+        lease = conn_meta.cache[LEASE] = Lease()
+    return lease
+
+
+async def _release(conn_meta: ConnectionMeta, items: list[tuple[Bucket, int]]) -> None:
+    if not items:
         return
-    task = asyncio.get_running_loop().create_task(settle(conn_meta))
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+    try:
+        await get_backend().arelease(items)
+    except Exception:  # stricter than it should be for a while; never a reason to fail
+        log.exception("conn %s: could not give back a reservation", conn_meta["conn_id"])
+
+
+async def _closed(conn_meta: ConnectionMeta) -> None:
+    """The connection ended: settle its last transaction, and return what it holds."""
+    await settle(conn_meta)
+    await _release(conn_meta, lease_of(conn_meta).surrender())
+
+
+def _at_close(conn_meta: ConnectionMeta) -> Coroutine[Any, Any, None] | None:
+    """The connection's end: what it has to give back, as work the server runs."""
+    if PENDING not in conn_meta.cache and not lease_of(conn_meta).units:
+        return None
+    return _closed(conn_meta)
 
 
 async def _refused(
@@ -201,7 +222,7 @@ async def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
     if (not items and not app_settings.SUSPEND_FACTOR) or is_dry_run(conn_meta):
         return
     if items:
-        refusal = await get_backend().areserve(items)
+        refusal = await lease_of(conn_meta).reserve(items, get_backend().areserve)
         if refusal is not None:
             await _refused(refusal, limits, conn_meta)
             reject(451, refusal_text(refusal, limits))
@@ -225,7 +246,7 @@ async def rcpt_to(recipient: EnvelopeAddress, conn_meta: ConnectionMeta) -> None
     if len(pending.transaction.recipients) < pending.recipients_reserved:
         return  # the unit reserved at MAIL FROM (or for a recipient refused since)
     items = [(bucket, 1) for bucket in pending.recipient_buckets]
-    refusal = await get_backend().areserve(items)
+    refusal = await lease_of(conn_meta).reserve(items, get_backend().areserve)
     if refusal is not None:
         assert pending.limits is not None
         await _refused(refusal, pending.limits, conn_meta)

@@ -306,7 +306,9 @@ class SubmissionSMTP(SMTP):
         )
         for callback in meta.on_close:
             try:
-                callback()
+                work = callback()
+                if work is not None:  # a coroutine: background work shutdown waits for
+                    self.state.spawn(work)
             except Exception:
                 log.exception("conn %s: a connection-end callback failed", meta["conn_id"])
         self.state.audit.submit(meta)
