@@ -129,8 +129,10 @@ _ticket: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
 class _Pool:
     """The bounded argon2 pool: a priority lane and a bounded lane, served by threads.
 
-    ``shared`` threads take a priority job first, a bounded-lane job otherwise; they
-    run at the configured niceness and under SCHED_IDLE. ``reserved`` threads take
+    ``shared`` threads take the jobs of both lanes in the order they came (leaving a
+    priority job to an idle reserved thread), so a steady flow of known pairs cannot
+    starve a new client's verification in the bounded lane; they run at the configured
+    niceness and under SCHED_IDLE. ``reserved`` threads take
     priority jobs only, at ``ARGON2_PRIORITY_NICENESS`` and not under SCHED_IDLE, so a
     known user's verification starts at once however long the bounded lane is, and
     takes the cores from the bounded lane's verifications (SCHED_IDLE threads get the
@@ -237,10 +239,19 @@ class _Pool:
         """The next job for this thread (waits for one); called with the lock held."""
         priority, bounded = self._queues[PRIORITY], self._queues[BOUNDED]
         while True:
-            if priority and (reserved or not self._idle_reserved):
-                return priority.popleft()
-            if not reserved and bounded:
-                return bounded.popleft()
+            if reserved:
+                if priority:
+                    return priority.popleft()
+            else:
+                # Both lanes in the order their jobs came: a steady flow of known pairs
+                # must not starve a new client in the bounded lane (it would wait out
+                # MAX_WAIT and get 454). The known pairs have the reserved threads besides;
+                # a priority job an idle one is about to take is left to it.
+                mine = priority if priority and not self._idle_reserved else None
+                if mine and bounded and bounded[0].submitted_at < mine[0].submitted_at:
+                    mine = bounded
+                if mine or bounded:
+                    return (mine or bounded).popleft()
             if reserved:
                 self._idle_reserved += 1
                 self._reserved_wake.wait()
