@@ -68,10 +68,9 @@ def test_workers_share_the_cores_out(settings):
         hashing.share_cores_with(1)
 
 
-def _order_of_jobs(pool, jobs):
-    """Hold the pool's one shared thread, queue ``jobs`` (lane names), let it go: the
-    order in which they ran."""
-    started, release, ran = threading.Event(), threading.Event(), []
+def _hold_shared_thread(pool):
+    """Keep the pool's one shared thread busy until the returned event is set."""
+    started, release = threading.Event(), threading.Event()
 
     def hold():
         started.set()
@@ -79,31 +78,25 @@ def _order_of_jobs(pool, jobs):
 
     pool.submit(hold, lane=hashing.BOUNDED)
     assert started.wait(10)
-    futures = [pool.submit(ran.append, f"{lane}{n}", lane=lane) for n, lane in enumerate(jobs)]
-    release.set()
-    for future in futures:
-        future.result(10)
-    return ran
+    return release
 
 
 def test_the_shared_threads_serve_both_lanes_in_arrival_order():
     # A steady flow of known pairs must not starve a new client's verification: with only
     # shared threads, jobs run in the order they came, whatever their lane.
     pool = hashing._Pool(shared=1, reserved=0, niceness=0, idle=False)
-    order = _order_of_jobs(pool, [hashing.BOUNDED, hashing.PRIORITY, hashing.PRIORITY])
-    assert order == ["bounded0", "priority1", "priority2"]
+    release, ran = _hold_shared_thread(pool), []
+    lanes = [hashing.BOUNDED, hashing.PRIORITY, hashing.PRIORITY]
+    futures = [pool.submit(ran.append, f"{lane}{n}", lane=lane) for n, lane in enumerate(lanes)]
+    release.set()
+    for future in futures:
+        future.result(10)
+    assert ran == ["bounded0", "priority1", "priority2"]
 
 
 def test_a_reserved_thread_takes_the_priority_lane_ahead_of_the_bounded_one():
     pool = hashing._Pool(shared=1, reserved=1, niceness=0, idle=False)
-    started, release, ran = threading.Event(), threading.Event(), []
-
-    def hold():
-        started.set()
-        release.wait(10)
-
-    pool.submit(hold, lane=hashing.BOUNDED)  # the shared thread is busy
-    assert started.wait(10)
+    release, ran = _hold_shared_thread(pool), []
     waiting = pool.submit(ran.append, "bounded", lane=hashing.BOUNDED)
     pool.submit(ran.append, "priority", lane=hashing.PRIORITY).result(10)
     assert ran == ["priority"]  # the reserved thread did not wait for the bounded job

@@ -247,11 +247,11 @@ class _Pool:
                 # must not starve a new client in the bounded lane (it would wait out
                 # MAX_WAIT and get 454). The known pairs have the reserved threads besides;
                 # a priority job an idle one is about to take is left to it.
-                mine = priority if priority and not self._idle_reserved else None
-                if mine and bounded and bounded[0].submitted_at < mine[0].submitted_at:
-                    mine = bounded
-                if mine or bounded:
-                    return (mine or bounded).popleft()
+                if priority and not self._idle_reserved:
+                    if not bounded or priority[0].submitted_at <= bounded[0].submitted_at:
+                        return priority.popleft()
+                if bounded:
+                    return bounded.popleft()
             if reserved:
                 self._idle_reserved += 1
                 self._reserved_wake.wait()

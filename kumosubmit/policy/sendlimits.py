@@ -120,12 +120,12 @@ async def settle(conn_meta: ConnectionMeta) -> None:
     else:
         back = pending.items
     if back:
-        await _release(conn_meta, lease_of(conn_meta).give_back(back))
+        await _release(conn_meta, held_by(conn_meta).give_back(back))
     if stored and app_settings.SUSPEND_FACTOR and pending.limits is not None:
         await suspicion.observe(pending.limits, conn_meta)
 
 
-def lease_of(conn_meta: ConnectionMeta) -> Lease:
+def held_by(conn_meta: ConnectionMeta) -> Lease:
     """The units the connection holds ahead (kumosubmit/sendlimits/leases.py)."""
     lease: Lease | None = conn_meta.cache.get(LEASE)
     if lease is None:
@@ -145,12 +145,13 @@ async def _release(conn_meta: ConnectionMeta, items: list[tuple[Bucket, int]]) -
 async def _closed(conn_meta: ConnectionMeta) -> None:
     """The connection ended: settle its last transaction, and return what it holds."""
     await settle(conn_meta)
-    await _release(conn_meta, lease_of(conn_meta).surrender())
+    await _release(conn_meta, held_by(conn_meta).surrender())
 
 
 def _at_close(conn_meta: ConnectionMeta) -> Coroutine[Any, Any, None] | None:
     """The connection's end: what it has to give back, as work the server runs."""
-    if PENDING not in conn_meta.cache and not lease_of(conn_meta).units:
+    lease: Lease | None = conn_meta.cache.get(LEASE)
+    if PENDING not in conn_meta.cache and (lease is None or not lease.units):
         return None
     return _closed(conn_meta)
 
@@ -222,7 +223,7 @@ async def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
     if (not items and not app_settings.SUSPEND_FACTOR) or is_dry_run(conn_meta):
         return
     if items:
-        refusal = await lease_of(conn_meta).reserve(items, get_backend().areserve)
+        refusal = await held_by(conn_meta).reserve(items, get_backend().areserve)
         if refusal is not None:
             await _refused(refusal, limits, conn_meta)
             reject(451, refusal_text(refusal, limits))
@@ -246,7 +247,7 @@ async def rcpt_to(recipient: EnvelopeAddress, conn_meta: ConnectionMeta) -> None
     if len(pending.transaction.recipients) < pending.recipients_reserved:
         return  # the unit reserved at MAIL FROM (or for a recipient refused since)
     items = [(bucket, 1) for bucket in pending.recipient_buckets]
-    refusal = await lease_of(conn_meta).reserve(items, get_backend().areserve)
+    refusal = await held_by(conn_meta).reserve(items, get_backend().areserve)
     if refusal is not None:
         assert pending.limits is not None
         await _refused(refusal, pending.limits, conn_meta)
