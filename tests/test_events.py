@@ -11,6 +11,7 @@ import pytest
 
 from kumosubmit import hooks
 from kumosubmit.audit.models import ConnectionRecord
+from kumosubmit.credentials.models import AllowedSender
 from kumosubmit.credentials.service import authenticate
 from kumosubmit.hooks import on, reject
 from kumosubmit.spool.models import Message
@@ -473,6 +474,52 @@ def test_a_project_replaces_the_sender_policy_for_logins_that_are_not_addresses(
         client.sendmail("john.doe@corp.example", [BOB], BODY)
         client.sendmail("john.doe@corp.example", ["x@example.org"], BODY)
     assert [m.authn_id for m in Message.objects.all()] == ["uid=jdoe", "uid=jdoe"]
+
+
+def test_what_the_messages_need_is_read_at_auth(smtp_server, alice, settings):
+    """The sender policy and the sending limits are read while AUTH waits on argon2, so no
+    message of the session waits for the database on its way; a new session reads them
+    anew."""
+    settings.KUMOSUBMIT = {**settings.KUMOSUBMIT, "SEND_LIMITS": None}
+    with quitting(smtp_server.starttls()) as client:
+        login(client)
+        # Changed after this session's AUTH: it goes on with what it read then.
+        AllowedSender.objects.create(login=alice, pattern="@example.net")
+        alice.message_limits = ["1/hour"]
+        alice.save()
+        assert client.docmd("MAIL FROM:<carol@example.net>")[0] == 553
+        client.sendmail(ALICE, [BOB], BODY)
+        client.sendmail(ALICE, [BOB], BODY)
+    with quitting(smtp_server.starttls()) as client:
+        login(client)
+        client.sendmail("carol@example.net", [BOB], BODY)
+        assert client.docmd("MAIL", f"FROM:<{ALICE}>")[0] == 451
+
+
+def test_what_was_read_at_a_refused_auth_is_not_used_after_another(smtp_server, alice, make_login):
+    """A wrapper may refuse an AUTH after the login check said yes; what was read for that
+    login must not serve the identity that authenticates next."""
+    make_login(BOB, "bob's password")
+
+    async def refuse_the_first_success(authz, authc, password, conn_meta):
+        verdict = yield
+        if verdict is True:
+            reject(535, "5.7.8 refused after all")
+
+    refusing = [
+        refuse_the_first_success,
+        "kumosubmit.policy.senders.auth_plain",
+        "kumosubmit.policy.sendlimits.auth_plain",
+    ]
+    with quitting(smtp_server.starttls()) as client:
+        with hooks.override("smtp_server_auth_plain", builtins=refusing):
+            assert client.docmd("AUTH", "PLAIN " + plain_blob("", ALICE, PASSWORD))[0] == 535
+        # Bob gets in through a chain that reads nothing at AUTH (as an OAuth session).
+        with hooks.override("smtp_server_auth_plain", builtins=[]):
+            blob = plain_blob("", BOB, "bob's password")
+            assert client.docmd("AUTH", "PLAIN " + blob)[0] == 235
+        assert client.docmd("MAIL", f"FROM:<{ALICE}>")[0] == 553
+        assert client.docmd("MAIL", f"FROM:<{BOB}>")[0] == 250
 
 
 def test_the_builtin_login_check_stays_behind_a_project_handler_when_listed(smtp_server, alice):

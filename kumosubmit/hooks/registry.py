@@ -73,6 +73,9 @@ BUILTINS: dict[str, list[str]] = {
         "kumosubmit.policy.penalties.auth_plain",
         "kumosubmit.policy.decoys.auth_plain",
         "kumosubmit.policy.lanes.auth_plain",
+        # Once the login is in: what its messages need, read while AUTH waits anyway.
+        "kumosubmit.policy.senders.auth_plain",
+        "kumosubmit.policy.sendlimits.auth_plain",
     ],
     "smtp_server_auth_oauthbearer": [
         "kumosubmit.policy.penalties.auth_oauthbearer",

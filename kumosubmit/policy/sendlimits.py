@@ -1,8 +1,10 @@
 """Sending limits per login and app password: ``451 4.7.1`` at MAIL FROM or RCPT TO.
 
-Two built-in handlers; only messages that got their ``250`` use up the allowance
+Three built-in handlers; only messages that got their ``250`` use up the allowance
 (docs/limits.md):
 
+- ``smtp_server_auth_plain`` (a wrapper): once the login is in, reads its limits, so
+  that no message waits for that read (else the first MAIL FROM reads them).
 - ``smtp_server_mail_from`` (after the sender policy): settles the connection's
   previous transaction, then refuses a suspended login, then reserves one message and
   one recipient against every rule of the login (and of its app password), or
@@ -28,7 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +50,7 @@ log = logging.getLogger("kumosubmit.sendlimits")
 
 #: conn_meta.cache keys.
 LIMITS = "send_limits"
+READ_AT_AUTH = "send_limits_read_at_auth"
 PENDING = "send_limits_pending"
 LEASE = "send_limits_lease"
 CLOSE_HOOKED = "send_limits_on_close"
@@ -94,14 +97,16 @@ def refusal_text(refusal: Refusal, limits: sessions.SessionLimits) -> str:
 
 
 async def session_limits(conn_meta: ConnectionMeta) -> sessions.SessionLimits | None:
-    """The session's limits, read at the first MAIL FROM and kept for the connection."""
+    """The session's limits, read at AUTH (or at the first MAIL FROM) and kept for the
+    connection."""
     if LIMITS not in conn_meta.cache:
         authn = conn_meta.get("authn_id")
-        conn_meta.cache[LIMITS] = (
-            await run_db(sessions.load, authn, sessions.app_password_used(conn_meta))
-            if authn
-            else None
-        )
+        whose = (authn, sessions.app_password_used(conn_meta))
+        read = conn_meta.cache.pop(READ_AT_AUTH, None)
+        if read is not None and read[0] == whose:  # that AUTH is the one that stood
+            conn_meta.cache[LIMITS] = read[1]
+        else:
+            conn_meta.cache[LIMITS] = await run_db(sessions.load, *whose) if authn else None
     limits: sessions.SessionLimits | None = conn_meta.cache[LIMITS]
     return limits
 
@@ -208,6 +213,20 @@ def limit_notice(refusal: Refusal, limits: sessions.SessionLimits) -> notice.Not
 
 
 # -- the handlers ------------------------------------------------------------------------
+
+
+async def auth_plain(
+    authz: str, authc: str, password: str, conn_meta: ConnectionMeta
+) -> AsyncGenerator[None, Any]:
+    """The wrapper of ``smtp_server_auth_plain``: once the login is in, read its limits."""
+    verdict = yield
+    if verdict is not True:
+        return
+    whose = (authc, sessions.app_password_used(conn_meta))
+    try:
+        conn_meta.cache[READ_AT_AUTH] = (whose, await run_db(sessions.load, *whose))
+    except Exception:  # read again at MAIL FROM, where a failure has its own reply
+        log.exception("conn %s: could not read the sending limits at AUTH", conn_meta["conn_id"])
 
 
 async def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
