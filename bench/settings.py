@@ -19,6 +19,7 @@ Redis backend (docs/benchmarks.md).
 import json
 import os
 
+from kumosubmit.conf import DEFAULTS
 from project.settings import *  # noqa: F403
 from project.settings import KUMOSUBMIT
 
@@ -30,13 +31,13 @@ KUMOSUBMIT = {
     "MAX_MESSAGES_PER_CONNECTION": 1000,
     # The sending limits' default rules (500/hour and 2000/day messages, 5000/day
     # recipients) with 1000 times the counts, which no load here meets, and a thousandth
-    # of the lease: each connection reserves ahead 5, 20 and 50 units, as on the real
+    # of the lease: each connection reserves ahead 25, 100 and 250 units, as on the real
     # defaults, so every message pays what it pays there, and none is refused.
     "SEND_LIMITS": {
         "MESSAGES": ["500000/hour", "2000000/day"],
         "RECIPIENTS": ["5000000/day"],
     },
-    "SEND_LIMITS_LEASE": 0.00001,
+    "SEND_LIMITS_LEASE": DEFAULTS["SEND_LIMITS_LEASE"] / 1000,
 }
 if os.environ.get("BENCH_ARGON2") == "cheap":
     # OWASP's floor for argon2id (19 MiB, t=2) would still cost 10,000 x ~25 ms.

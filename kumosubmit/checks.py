@@ -883,7 +883,7 @@ def check_send_limits(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             Error(
                 "KUMOSUBMIT['SEND_LIMITS_LEASE'] must be a share from 0 to 0.1.",
                 hint="A connection reserves ahead up to this share of a rule's count "
-                "(0.01, the default); 0 never reserves ahead.",
+                "(0.05, the default); 0 never reserves ahead.",
                 id="kumosubmit.E065",
             )
         )

@@ -241,9 +241,9 @@ DEFAULTS: dict[str, Any] = {
     # The CACHES alias the Redis backend uses (a django.core.cache.backends.redis.RedisCache).
     "SEND_LIMITS_CACHE": "default",
     # A connection that sends many messages reserves ahead, up to this share of a rule's
-    # count (1 %: 5 of "500/hour"), so it need not ask the store for every message; a
-    # rule of fewer than 1 / share per period is never reserved ahead. 0: never.
-    "SEND_LIMITS_LEASE": 0.01,
+    # count (5 %: 25 of "500/hour"), so it need not ask the store for every message; a
+    # rule of fewer than 2 / share per period (40) is never reserved ahead. 0: never.
+    "SEND_LIMITS_LEASE": 0.05,
     # How the owner and the ADMINS hear of a limit reached (once per rule and window):
     # "spool" (a message in kumosubmit's own queue, relayed as any other),
     # "email_backend" (Django's send_mail), or None (no notice).

@@ -272,7 +272,7 @@ def test_a_recipient_refused_after_its_reservation_is_given_back(smtp_server, ma
 
 
 def test_a_busy_connection_reserves_ahead_and_gives_back_the_rest(smtp_server, make_login, limits):
-    # 1 % of 1000 is 10: this connection's trips to the store take 1, 2, then 4 units.
+    # 5 % of 1000 is 50: this connection's trips to the store take 1, 2, then 4 units.
     limits(messages=["1000/day"])
     login = make_login(ALICE, PASSWORD)
     with quitting(session(smtp_server)) as client:
@@ -287,7 +287,7 @@ def test_a_busy_connection_reserves_ahead_and_gives_back_the_rest(smtp_server, m
 def test_near_the_limit_a_connection_asks_for_exactly_what_it_needs(
     smtp_server, make_login, limits
 ):
-    limits(messages=["200/hour"])  # a lease of 2
+    limits(messages=["200/hour"])  # a lease of 10
     login = make_login(ALICE, PASSWORD)
     (bucket,) = login_buckets(login)
     assert get_backend().reserve([(bucket, 198)], now_us()) is None

@@ -7,11 +7,11 @@ and its next reservations use what is left, with no trip:
 
 - The first trip for a bucket takes what is needed; each further trip takes twice as
   much as the one before, up to the bucket's *lease*: ``SEND_LIMITS_LEASE`` (a share,
-  1 % by default) of the rule's count, rounded down. A session that sends one message
+  5 % by default) of the rule's count, rounded down. A session that sends one message
   asks for exactly one; one that sends hundreds makes a trip every few messages. A
   trip tops up every bucket of the reservation at once (a message counts against
   several rules), so trips follow the smallest lease.
-- A rule whose lease is 1 or less (under 200 per period, at 1 %) is never reserved
+- A rule whose lease is 1 or less (under 40 per period, at 5 %) is never reserved
   ahead: every message is its own trip, and its units are given back at once when its
   transaction is not stored, exactly as without leases.
 - What a transaction gives back (it was not stored, or a recipient unit was not used)
