@@ -271,6 +271,32 @@ def test_a_recipient_refused_after_its_reservation_is_given_back(smtp_server, ma
     assert use_of(login) == {"3/hour": 1}
 
 
+def test_with_a_lease_a_refused_recipient_s_unit_still_comes_back(smtp_server, make_login, limits):
+    """A message that the lease covers is reserved with no trip, but only after a stored
+    transaction that used all it reserved: an unused recipient unit is given back first."""
+    limits(recipients=["1000/day"])  # a lease of 50
+    login = make_login(ALICE, PASSWORD)
+
+    def refuse_nobody(recipient, conn_meta):
+        if recipient.user == "nobody":
+            reject(550, "5.1.1 no such user")
+
+    with hooks.override("smtp_server_rcpt_to", refuse_nobody):
+        with quitting(session(smtp_server)) as client:
+            for _ in range(4):  # the lease grows: 1, 2, then 4 units held
+                assert send_one(client, ("ann@example.org", "nobody@example.org"))[0] == 550
+                assert send_one(client)[0] == 250
+            for _ in range(3):
+                assert client.mail(ALICE)[0] == 250
+                assert client.rcpt("ann@example.org")[0] == 250
+                assert client.rcpt("nobody@example.org")[0] == 550  # reserved, then refused
+                assert client.data(BODY)[0] == 250
+        smtp_server.settle()
+    # Seven messages stored, one recipient each: the refused ones' units all came back.
+    assert stored() == 7
+    assert use_of(login) == {"1000/day": 7}
+
+
 def test_a_busy_connection_reserves_ahead_and_gives_back_the_rest(smtp_server, make_login, limits):
     # 5 % of 1000 is 50: this connection's trips to the store take 1, 2, then 4 units.
     limits(messages=["1000/day"])

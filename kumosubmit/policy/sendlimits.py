@@ -8,7 +8,9 @@ Three built-in handlers; only messages that got their ``250`` use up the allowan
 - ``smtp_server_mail_from`` (after the sender policy): settles the connection's
   previous transaction, then refuses a suspended login, then reserves one message and
   one recipient against every rule of the login (and of its app password), or
-  refuses with the time to retry.
+  refuses with the time to retry. Plain, as the sender policy's: in the common case
+  (the last transaction stored in full, the lease covers the message) it waits for
+  nothing and costs no turn of the event loop.
 - ``smtp_server_rcpt_to``: the first recipient is reserved already; each further one
   reserves one more.
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -229,7 +231,48 @@ async def auth_plain(
         log.exception("conn %s: could not read the sending limits at AUTH", conn_meta["conn_id"])
 
 
-async def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
+def _stored_in_full(pending: Pending, conn_meta: ConnectionMeta) -> bool:
+    """Whether the transaction was stored, with every recipient it reserved a unit for:
+    settling it gives nothing back."""
+    return (
+        conn_meta["messages_accepted"] > pending.messages_before
+        and len(pending.transaction.recipients) >= pending.recipients_reserved
+    )
+
+
+def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> Awaitable[None] | None:
+    """Plain, as the sender policy's: a message that the connection's lease covers, after
+    one that was stored with every recipient it reserved for, is reserved here with no
+    trip through the event loop (registry.call); anything else is :func:`_mail_from`."""
+    cache = conn_meta.cache
+    pending: Pending | None = cache.get(PENDING)
+    if pending is None or not _stored_in_full(pending, conn_meta):
+        return _mail_from(sender, conn_meta)
+    limits = pending.limits
+    if (
+        limits is None
+        or limits.suspended
+        or cache.get(suspicion.SUSPENDED_NOW)
+        or app_settings.SUSPEND_FACTOR
+    ):
+        return _mail_from(sender, conn_meta)
+    recipients = limits.of(RECIPIENTS)
+    items = [(bucket, 1) for bucket in (*limits.of(MESSAGES), *recipients)]
+    if not held_by(conn_meta).take(items):
+        return _mail_from(sender, conn_meta)
+    # The previous transaction was stored and used all it reserved: settled as it is.
+    cache[PENDING] = Pending(
+        items=items,
+        messages_before=conn_meta["messages_accepted"],
+        transaction=conn_meta.transaction,
+        recipient_buckets=recipients,
+        recipients_reserved=1 if recipients else 0,
+        limits=limits,
+    )
+    return None
+
+
+async def _mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
     await settle(conn_meta)  # the previous transaction, stored or not
     limits = await session_limits(conn_meta)
     if limits is None:
@@ -259,13 +302,24 @@ async def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
         conn_meta.on_close.append(functools.partial(_at_close, conn_meta))
 
 
-async def rcpt_to(recipient: EnvelopeAddress, conn_meta: ConnectionMeta) -> None:
+def rcpt_to(recipient: EnvelopeAddress, conn_meta: ConnectionMeta) -> Awaitable[None] | None:
+    """Plain: a recipient the lease covers costs no trip through the event loop."""
     pending: Pending | None = conn_meta.cache.get(PENDING)
     if pending is None or not pending.recipient_buckets:
-        return
+        return None
     if len(pending.transaction.recipients) < pending.recipients_reserved:
-        return  # the unit reserved at MAIL FROM (or for a recipient refused since)
+        return None  # the unit reserved at MAIL FROM (or for a recipient refused since)
     items = [(bucket, 1) for bucket in pending.recipient_buckets]
+    if held_by(conn_meta).take(items):
+        pending.items += items
+        pending.recipients_reserved += 1
+        return None
+    return _reserve_recipient(pending, items, conn_meta)
+
+
+async def _reserve_recipient(
+    pending: Pending, items: list[tuple[Bucket, int]], conn_meta: ConnectionMeta
+) -> None:
     refusal = await held_by(conn_meta).reserve(items, get_backend().areserve)
     if refusal is not None:
         assert pending.limits is not None

@@ -52,6 +52,15 @@ class Lease:
     #: The size of the next trip for a bucket (doubles with each trip, up to its lease).
     next_take: dict[Bucket, int] = field(default_factory=dict)
 
+    def take(self, items: Items) -> bool:
+        """Take ``items`` from what is held if it covers them all (no trip); else nothing."""
+        units = self.units
+        if any(units.get(bucket, 0) < cost for bucket, cost in items):
+            return False
+        for bucket, cost in items:
+            units[bucket] -= cost
+        return True
+
     async def reserve(self, items: Items, ask: Ask) -> Refusal | None:
         """Take ``items`` from what is held, asking the store (``ask``) for what is short:
         all or nothing, as a backend's reservation."""
