@@ -297,6 +297,31 @@ def test_with_a_lease_a_refused_recipient_s_unit_still_comes_back(smtp_server, m
     assert use_of(login) == {"1000/day": 7}
 
 
+def test_the_first_message_is_reserved_with_the_auth(smtp_server, make_login, limits):
+    """Where every rule has a lease, the AUTH reserves the first message: its MAIL FROM
+    makes no trip. A session that sends nothing gives it back when it ends."""
+    limits(messages=["1000/day"], recipients=["5000/day"])
+    login = make_login(ALICE, PASSWORD)
+    with quitting(session(smtp_server)):
+        assert use_of(login) == {"1000/day": 1, "5000/day": 1}
+    smtp_server.settle()
+    assert use_of(login) == {"1000/day": 0, "5000/day": 0}
+    with quitting(session(smtp_server)) as client:
+        assert send_one(client)[0] == 250
+        assert use_of(login) == {"1000/day": 1, "5000/day": 1}
+    smtp_server.settle()
+    assert use_of(login) == {"1000/day": 1, "5000/day": 1}
+
+
+def test_a_rule_without_a_lease_reserves_nothing_with_the_auth(smtp_server, make_login, limits):
+    limits(messages=["20/minute", "1000/day"])  # 20/minute stays exact to the message
+    login = make_login(ALICE, PASSWORD)
+    with quitting(session(smtp_server)) as client:
+        assert use_of(login) == {"20/minute": 0, "1000/day": 0}
+        assert send_one(client)[0] == 250
+        assert use_of(login) == {"20/minute": 1, "1000/day": 1}
+
+
 def test_a_busy_connection_reserves_ahead_and_gives_back_the_rest(smtp_server, make_login, limits):
     # 5 % of 1000 is 50: this connection's trips to the store take 1, 2, then 4 units.
     limits(messages=["1000/day"])

@@ -3,8 +3,9 @@
 Three built-in handlers; only messages that got their ``250`` use up the allowance
 (docs/limits.md):
 
-- ``smtp_server_auth_plain`` (a wrapper): once the login is in, reads its limits, so
-  that no message waits for that read (else the first MAIL FROM reads them).
+- ``smtp_server_auth_plain`` (a wrapper): once the login is in, reads its limits and
+  reserves its first message ahead (:func:`reserve_first`), so that the first message
+  waits for neither (else the first MAIL FROM does both).
 - ``smtp_server_mail_from`` (after the sender policy): settles the connection's
   previous transaction, then refuses a suspended login, then reserves one message and
   one recipient against every rule of the login (and of its app password), or
@@ -45,7 +46,7 @@ from kumosubmit.hooks.dryrun import is_dry_run
 from kumosubmit.meta import ConnectionMeta
 from kumosubmit.sendlimits import notice, sessions, suspicion
 from kumosubmit.sendlimits.backends import Bucket, Refusal, get_backend
-from kumosubmit.sendlimits.leases import Lease
+from kumosubmit.sendlimits.leases import Lease, lease_of
 from kumosubmit.sendlimits.rules import MESSAGES, RECIPIENTS
 
 log = logging.getLogger("kumosubmit.sendlimits")
@@ -220,15 +221,45 @@ def limit_notice(refusal: Refusal, limits: sessions.SessionLimits) -> notice.Not
 async def auth_plain(
     authz: str, authc: str, password: str, conn_meta: ConnectionMeta
 ) -> AsyncGenerator[None, Any]:
-    """The wrapper of ``smtp_server_auth_plain``: once the login is in, read its limits."""
+    """The wrapper of ``smtp_server_auth_plain``: once the login is in, read its limits and
+    reserve its first message ahead (:func:`reserve_first`)."""
     verdict = yield
     if verdict is not True:
         return
     whose = (authc, sessions.app_password_used(conn_meta))
     try:
-        conn_meta.cache[READ_AT_AUTH] = (whose, await run_db(sessions.load, *whose))
+        limits = await run_db(sessions.load, *whose)
+        conn_meta.cache[READ_AT_AUTH] = (whose, limits)
+        await reserve_first(limits, conn_meta)
     except Exception:  # read again at MAIL FROM, where a failure has its own reply
         log.exception("conn %s: could not read the sending limits at AUTH", conn_meta["conn_id"])
+
+
+async def reserve_first(limits: sessions.SessionLimits | None, conn_meta: ConnectionMeta) -> None:
+    """Reserve the session's first message (and its first recipient) with its AUTH, which
+    waits for argon2 anyway: on the message's way, that trip would wait behind the other
+    sessions' work on the database thread. Only where every rule has a lease: a rule
+    without one stays exact to the message, holding nothing for a message that may never
+    come. Refused (the limit is near), nothing is held, and MAIL FROM asks as usual."""
+    if limits is None or limits.suspended or is_dry_run(conn_meta):
+        return
+    items = _message_items(limits)
+    if not items or any(lease_of(bucket) <= 1 for bucket, _ in items):
+        return
+    if await get_backend().areserve(items) is None:
+        held_by(conn_meta).hold(items)
+        _give_back_at_close(conn_meta)
+
+
+def _message_items(limits: sessions.SessionLimits) -> list[tuple[Bucket, int]]:
+    """What a transaction reserves at MAIL FROM: one message and one recipient."""
+    return [(bucket, 1) for bucket in (*limits.of(MESSAGES), *limits.of(RECIPIENTS))]
+
+
+def _give_back_at_close(conn_meta: ConnectionMeta) -> None:
+    if not conn_meta.cache.get(CLOSE_HOOKED):
+        conn_meta.cache[CLOSE_HOOKED] = True
+        conn_meta.on_close.append(functools.partial(_at_close, conn_meta))
 
 
 def _stored_in_full(pending: Pending, conn_meta: ConnectionMeta) -> bool:
@@ -256,11 +287,11 @@ def mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> Awaitable[N
         or app_settings.SUSPEND_FACTOR
     ):
         return _mail_from(sender, conn_meta)
-    recipients = limits.of(RECIPIENTS)
-    items = [(bucket, 1) for bucket in (*limits.of(MESSAGES), *recipients)]
+    items = _message_items(limits)
     if not held_by(conn_meta).take(items):
         return _mail_from(sender, conn_meta)
     # The previous transaction was stored and used all it reserved: settled as it is.
+    recipients = limits.of(RECIPIENTS)
     cache[PENDING] = Pending(
         items=items,
         messages_before=conn_meta["messages_accepted"],
@@ -281,7 +312,7 @@ async def _mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None
         metrics.send_limited("suspended")
         reject(*SUSPENDED)
     recipients = limits.of(RECIPIENTS)
-    items = [(bucket, 1) for bucket in (*limits.of(MESSAGES), *recipients)]
+    items = _message_items(limits)
     if (not items and not app_settings.SUSPEND_FACTOR) or is_dry_run(conn_meta):
         return
     if items:
@@ -297,9 +328,7 @@ async def _mail_from(sender: EnvelopeAddress, conn_meta: ConnectionMeta) -> None
         recipients_reserved=1 if recipients else 0,
         limits=limits,
     )
-    if not conn_meta.cache.get(CLOSE_HOOKED):
-        conn_meta.cache[CLOSE_HOOKED] = True
-        conn_meta.on_close.append(functools.partial(_at_close, conn_meta))
+    _give_back_at_close(conn_meta)
 
 
 def rcpt_to(recipient: EnvelopeAddress, conn_meta: ConnectionMeta) -> Awaitable[None] | None:

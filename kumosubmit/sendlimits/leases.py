@@ -11,6 +11,8 @@ and its next reservations use what is left, with no trip:
   asks for exactly one; one that sends hundreds makes a trip every few messages. A
   trip tops up every bucket of the reservation at once (a message counts against
   several rules), so trips follow the smallest lease.
+- Where every rule has a lease, the AUTH reserves the first message
+  (policy/sendlimits.py's ``reserve_first``), held as a first trip's.
 - A rule whose lease is 1 or less (under 40 per period, at 5 %) is never reserved
   ahead: every message is its own trip, and its units are given back at once when its
   transaction is not stored, exactly as without leases.
@@ -51,6 +53,13 @@ class Lease:
     units: dict[Bucket, int] = field(default_factory=dict)
     #: The size of the next trip for a bucket (doubles with each trip, up to its lease).
     next_take: dict[Bucket, int] = field(default_factory=dict)
+
+    def hold(self, items: Items) -> None:
+        """Keep ``items``, reserved for the connection elsewhere (with its AUTH), as the
+        first trip's: the next trip for each takes twice as much."""
+        for bucket, cost in items:
+            self.units[bucket] = self.units.get(bucket, 0) + cost
+            self.next_take[bucket] = min(2 * cost, lease_of(bucket))
 
     def take(self, items: Items) -> bool:
         """Take ``items`` from what is held if it covers them all (no trip); else nothing."""
