@@ -23,8 +23,9 @@ In one run it starts, side by side on loopback, and measures with bench/loadgen.
   (/work/shared/anchors/postfix-submission.sh, 127.0.0.1:10587), if it can be started.
 
 ``--baseline PATH`` runs a checkout of another commit (``git worktree add PATH COMMIT``)
-beside kumosubmit, each messages and mixed run in turn with it, and adds targets:
-messages/s and the message p99 within 5 % of that baseline.
+beside kumosubmit, each messages and mixed run in turn with it (messages: after an
+unmeasured warm-up of each server, and in the opposite order every other configuration),
+and adds targets: messages/s and the message p99 within 5 % of that baseline.
 
 ``--compare NAME=JSON`` (repeatable) runs this checkout once more under the name NAME, with
 the settings JSON merged into ``KUMOSUBMIT`` (bench/settings.py's ``BENCH_KUMOSUBMIT``), in
@@ -502,19 +503,36 @@ def run_sections(
     if "messages" in sections:
         print("== messages per second, 10 KB", flush=True)
         results["messages"] = {name: {} for name in targets}
+        for target in targets.values():  # not measured: each server's first sessions
+            loadgen.run(
+                loadgen.Config(
+                    port=target.port,
+                    user=target.user,
+                    password=PASSWORD,
+                    sender="load{n}@" + SENDER_DOMAIN,
+                    processes=plan.processes,
+                    label=f"{target.name} (warm-up)",
+                    scenario="messages",
+                    per_session=20,
+                    concurrency=8,
+                    duration=min(3.0, plan.message_seconds),
+                )
+            )
         # Each configuration on every server in turn, so that the machine's drift over
-        # minutes falls on all of them alike (the baseline comparison needs that).
-        for n in plan.per_session:
-            for c in plan.message_concurrency:
-                for name, target in targets.items():
-                    results["messages"][name][f"{n}x{c}"] = load(
-                        target,
-                        plan,
-                        scenario="messages",
-                        per_session=n,
-                        concurrency=c,
-                        duration=plan.message_seconds,
-                    )
+        # minutes falls on all of them alike (the baseline comparison needs that), in the
+        # opposite order every other configuration, so that no server always goes first.
+        configurations = [(n, c) for n in plan.per_session for c in plan.message_concurrency]
+        for index, (n, c) in enumerate(configurations):
+            turn = list(targets.items())
+            for name, target in reversed(turn) if index % 2 else turn:
+                results["messages"][name][f"{n}x{c}"] = load(
+                    target,
+                    plan,
+                    scenario="messages",
+                    per_session=n,
+                    concurrency=c,
+                    duration=plan.message_seconds,
+                )
     if "mixed" in sections:
         print("== mixed: 1 message per session at concurrency 8, 8 clients authenticating")
         results["mixed"] = {
