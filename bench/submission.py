@@ -451,17 +451,22 @@ def server_cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def load(target: Target, plan: Plan, **options: Any) -> dict[str, Any]:
-    config = loadgen.Config(
+def load_config(target: Target, plan: Plan, **options: Any) -> loadgen.Config:
+    """The load generator's configuration for ``target``; ``options`` add to it."""
+    options.setdefault("label", target.name)
+    return loadgen.Config(
         port=target.port,
         user=target.user,
         password=PASSWORD,
         sender="load{n}@" + SENDER_DOMAIN,
         processes=plan.processes,
         server_pid=target.pid,
-        label=target.name,
         **options,
     )
+
+
+def load(target: Target, plan: Plan, **options: Any) -> dict[str, Any]:
+    config = load_config(target, plan, **options)
     cpu_before = server_cpu_seconds(target.pid)
     result = loadgen.run(config)
     if result.get("scenario") == "messages" and result.get("count"):
@@ -504,26 +509,22 @@ def run_sections(
         print("== messages per second, 10 KB", flush=True)
         results["messages"] = {name: {} for name in targets}
         for target in targets.values():  # not measured: each server's first sessions
-            loadgen.run(
-                loadgen.Config(
-                    port=target.port,
-                    user=target.user,
-                    password=PASSWORD,
-                    sender="load{n}@" + SENDER_DOMAIN,
-                    processes=plan.processes,
-                    label=f"{target.name} (warm-up)",
-                    scenario="messages",
-                    per_session=20,
-                    concurrency=8,
-                    duration=min(3.0, plan.message_seconds),
-                )
+            warm_up = load_config(
+                target,
+                plan,
+                label=f"{target.name} (warm-up)",
+                scenario="messages",
+                per_session=20,
+                concurrency=8,
+                duration=min(3.0, plan.message_seconds),
             )
+            loadgen.run(warm_up)
         # Each configuration on every server in turn, so that the machine's drift over
         # minutes falls on all of them alike (the baseline comparison needs that), in the
         # opposite order every other configuration, so that no server always goes first.
         configurations = [(n, c) for n in plan.per_session for c in plan.message_concurrency]
+        turn = list(targets.items())
         for index, (n, c) in enumerate(configurations):
-            turn = list(targets.items())
             for name, target in reversed(turn) if index % 2 else turn:
                 results["messages"][name][f"{n}x{c}"] = load(
                     target,
